@@ -1,0 +1,423 @@
+//! Command-line interface: flags (with `MF_*` environment variables) → typed options → runs.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path as FsPath, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, Int32Array};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::Int32Type;
+use arrow::util::pretty::pretty_format_batches;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::generate::{self, GenerateOptions, GenerateStats};
+use crate::inspect::{self, InspectError, Inspection};
+use crate::pipeline::{self, PipelineError, PipelineOptions};
+use crate::reading::Limits;
+use crate::sink::{ParquetSink, SinkError, SinkOptions};
+use crate::source::Input;
+use crate::store::{self, StoreError, StoreOptions};
+use crate::summary::Summary;
+use crate::timestamp;
+
+/// Errors a command reports; the binary prints the cause chain and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error("cannot write {path}")]
+    Output {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error(
+        "{location} already holds {count} meterflow output objects (e.g. {example}); \
+         pass --overwrite to replace them"
+    )]
+    OutputNotEmpty {
+        location: String,
+        count: usize,
+        example: String,
+    },
+    #[error("invalid --processing-time {text:?}: {why}")]
+    ProcessingTime { text: String, why: &'static str },
+    #[error("cannot format output rows")]
+    Format(#[source] arrow::error::ArrowError),
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "meterflow", version, about = "Energy-meter batches → exact-schema Parquet")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `meterflow=debug`.
+    #[arg(long, global = true, env = "MF_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// JSON-lines files → date-partitioned Parquet (local directory or s3://bucket/prefix).
+    Transform(TransformArgs),
+    /// Write a synthetic fleet's messages as JSON lines.
+    Generate(GenerateArgs),
+    /// Show schema, files, row count and first rows of an output.
+    Inspect(InspectArgs),
+    /// Zero-setup tour: generate, transform into ./meterflow-demo/, show the result.
+    Demo(DemoArgs),
+}
+
+/// Settings for S3-compatible locations (credentials come from the usual AWS_* variables).
+#[derive(Debug, Clone, Args)]
+pub struct S3Args {
+    /// S3 endpoint for MinIO and the like; AWS_ENDPOINT_URL works too.
+    #[arg(long, env = "MF_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Retries of a failed S3 request.
+    #[arg(long, env = "MF_S3_MAX_RETRIES", default_value_t = 3)]
+    pub s3_max_retries: usize,
+    /// Give up retrying one S3 request after this long.
+    #[arg(long, env = "MF_S3_RETRY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub s3_retry_timeout: Duration,
+}
+
+impl S3Args {
+    fn options(&self) -> StoreOptions {
+        StoreOptions {
+            s3_endpoint: self.s3_endpoint.clone(),
+            max_retries: self.s3_max_retries,
+            retry_timeout: self.s3_retry_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TransformArgs {
+    /// Input JSON-lines files (`.gz`/`.zst` decompressed; `-` is stdin), read in order.
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<String>,
+    /// Output: a local directory or s3://bucket/prefix.
+    #[arg(long, env = "MF_OUTPUT")]
+    pub output: String,
+    /// How far behind the newest event a reading may arrive and still be placed in order.
+    #[arg(long, env = "MF_ALLOWED_LATENESS", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub allowed_lateness: Duration,
+    /// Readings later than processing time plus this are refused as future_time.
+    #[arg(long, env = "MF_MAX_FUTURE", default_value = "1day", value_parser = humantime::parse_duration)]
+    pub max_future: Duration,
+    /// Processing time for the future-time guard (RFC 3339); default: now. Fix it for
+    /// reproducible runs.
+    #[arg(long, env = "MF_PROCESSING_TIME")]
+    pub processing_time: Option<String>,
+    /// Readings per epoch; each epoch writes one set of files, so this bounds memory.
+    #[arg(long, env = "MF_EPOCH_READINGS", default_value_t = 5_000_000)]
+    pub epoch_readings: u64,
+    /// Maximum rows per Parquet file.
+    #[arg(long, env = "MF_ROWS_PER_FILE", default_value_t = 1_000_000)]
+    pub rows_per_file: usize,
+    /// zstd compression level of the Parquet pages.
+    #[arg(long, env = "MF_ZSTD_LEVEL", default_value_t = 1)]
+    pub zstd_level: i32,
+    /// Replace meterflow output already in the location (other objects are left alone).
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[arg(long, default_value_t = 100)]
+    pub devices: u32,
+    #[arg(long, default_value_t = 24.0)]
+    pub hours: f64,
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Messages arrive up to this long after their newest reading (keep ≤ allowed lateness for
+    /// order-independent output).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub disorder: Duration,
+    /// Probability that a reading is faulty (a tenth of it: a whole message).
+    #[arg(long, default_value_t = 0.001)]
+    pub fault_rate: f64,
+    /// Probability that a message is sent twice.
+    #[arg(long, default_value_t = 0.001)]
+    pub duplicate_rate: f64,
+    /// First interval (RFC 3339).
+    #[arg(long, default_value = "2022-07-11T00:00:00Z")]
+    pub start: String,
+    /// Devices per message (one gateway's meters).
+    #[arg(long, default_value_t = 8)]
+    pub devices_per_message: u32,
+    /// Output file (`.gz`/`.zst` compressed; `-` is stdout).
+    #[arg(long)]
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// Output location (directory or s3://bucket/prefix) or one local Parquet file.
+    pub location: String,
+    /// How many rows to show.
+    #[arg(long, default_value_t = 10)]
+    pub rows: usize,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the demo writes its input and output.
+    #[arg(long, default_value = "meterflow-demo")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    pub devices: u32,
+    #[arg(long, default_value_t = 24.0)]
+    pub hours: f64,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
+    match cli.command {
+        Command::Transform(args) => {
+            let summary = transform(&args, &runtime)?;
+            eprintln!("meterflow transform → {}\n{summary}", args.output);
+            Ok(())
+        }
+        Command::Generate(args) => {
+            let started = Instant::now();
+            let stats = generate_file(&args)?;
+            eprintln!(
+                "generated {} messages, {} readings ({} faulty readings, {} faulty messages, {} re-sent) in {:.2} s → {}",
+                stats.messages,
+                stats.readings,
+                stats.faulty_readings,
+                stats.faulty_messages,
+                stats.resent_messages,
+                started.elapsed().as_secs_f64(),
+                args.output
+            );
+            Ok(())
+        }
+        Command::Inspect(args) => {
+            let (location, only) = inspect_target(&args)?;
+            let inspection = runtime.block_on(inspect::inspect(&location, only.as_ref(), args.rows))?;
+            print!("{}", render_inspection(&inspection)?);
+            Ok(())
+        }
+        Command::Demo(args) => demo(&args, &runtime),
+    }
+}
+
+/// `transform`: validates flags, prepares the output, runs the file pipeline.
+pub fn transform(args: &TransformArgs, runtime: &tokio::runtime::Runtime) -> Result<Summary, CliError> {
+    let processing_time = match &args.processing_time {
+        Some(text) => timestamp::parse_micros(text).map_err(|why| CliError::ProcessingTime {
+            text: text.clone(),
+            why,
+        })?,
+        None => chrono::Utc::now().timestamp_micros(),
+    };
+    let options = PipelineOptions {
+        allowed_lateness: micros(args.allowed_lateness),
+        limits: Limits {
+            latest_time: processing_time.saturating_add(micros(args.max_future)),
+        },
+        epoch_readings: args.epoch_readings,
+    };
+    let location = store::open(&args.output, &args.s3.options())?;
+    let sink = ParquetSink::new(
+        location,
+        SinkOptions {
+            rows_per_file: args.rows_per_file,
+            zstd_level: args.zstd_level,
+        },
+    )?;
+    let existing = runtime.block_on(sink.existing_outputs())?;
+    if !existing.is_empty() {
+        if !args.overwrite {
+            return Err(CliError::OutputNotEmpty {
+                location: args.output.clone(),
+                count: existing.len(),
+                example: existing[0].to_string(),
+            });
+        }
+        tracing::info!(objects = existing.len(), "removing previous output");
+        runtime.block_on(sink.delete(existing))?;
+    }
+    let inputs: Vec<Input> = args.input.iter().map(|i| Input::parse(i)).collect();
+    let progress = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let summary = pipeline::transform(inputs, &sink, runtime.handle(), &options, |s| {
+        progress.set_message(format!("{} messages, {} readings", s.messages, s.readings));
+        progress.tick();
+    })?;
+    progress.finish_and_clear();
+    Ok(summary)
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// `generate`: writes the fleet to a file or stdout, compressed by extension.
+pub fn generate_file(args: &GenerateArgs) -> Result<GenerateStats, CliError> {
+    let start = timestamp::parse_micros(&args.start).map_err(|why| CliError::ProcessingTime {
+        text: args.start.clone(),
+        why,
+    })?;
+    let options = GenerateOptions {
+        devices: args.devices,
+        hours: args.hours,
+        interval: micros(args.interval),
+        seed: args.seed,
+        disorder: micros(args.disorder),
+        fault_rate: args.fault_rate,
+        duplicate_rate: args.duplicate_rate,
+        start,
+        devices_per_message: args.devices_per_message,
+    };
+    let fail = |source| CliError::Output {
+        path: args.output.clone(),
+        source,
+    };
+    let mut out = open_output(&args.output).map_err(fail)?;
+    let stats = generate::generate(&options, &mut out).map_err(fail)?;
+    out.flush().map_err(fail)?;
+    Ok(stats)
+}
+
+/// A writer for `path` (`-` is stdout), compressing `.gz` and `.zst`.
+fn open_output(path: &str) -> io::Result<Box<dyn Write>> {
+    if path == "-" {
+        return Ok(Box::new(BufWriter::new(io::stdout().lock())));
+    }
+    if let Some(parent) = FsPath::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    Ok(if path.ends_with(".gz") {
+        Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()))
+    } else if path.ends_with(".zst") {
+        Box::new(zstd::Encoder::new(file, 3)?.auto_finish())
+    } else {
+        Box::new(file)
+    })
+}
+
+/// A location plus, for a single local file, that file.
+fn inspect_target(args: &InspectArgs) -> Result<(store::Location, Option<object_store::path::Path>), CliError> {
+    let path = FsPath::new(&args.location);
+    if !args.location.contains("://") && path.is_file() {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
+        let location = store::open(&parent.to_string_lossy(), &args.s3.options())?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let only = location.child(&name);
+        return Ok((location, Some(only)));
+    }
+    Ok((store::open(&args.location, &args.s3.options())?, None))
+}
+
+/// The text `inspect` prints.
+pub fn render_inspection(inspection: &Inspection) -> Result<String, CliError> {
+    let mut text = String::new();
+    text.push_str("Parquet schema:\n");
+    text.push_str(&inspection.parquet_schema);
+    text.push_str(&format!("\nFiles ({}):\n", inspection.files.len()));
+    for file in &inspection.files {
+        text.push_str(&format!("  {:<56} {:>10} rows {:>12} bytes\n", file.path, file.rows, file.bytes));
+    }
+    text.push_str(&format!(
+        "Total rows: {}\nDead letters: {}\nFirst rows:\n{}\n",
+        inspection.total_rows,
+        inspection.dead_letters,
+        pretty_format_batches(&inspection.first_rows).map_err(CliError::Format)?
+    ));
+    Ok(text)
+}
+
+/// The DESIGN seed example, added to the demo's input so its rows can be shown.
+pub const SEED_EXAMPLE: &str = r#"{"measurements": [{"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 120.12}, {"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:20:00Z", "cumulative_energy": 122.45}]}"#;
+
+/// `demo`: generate, transform, show.
+fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliError> {
+    let input = args.dir.join("_input").join("readings.jsonl");
+    let input_text = input.to_string_lossy().into_owned();
+    let output = args.dir.to_string_lossy().into_owned();
+    let stats = generate_file(&GenerateArgs {
+        devices: args.devices,
+        hours: args.hours,
+        interval: Duration::from_secs(300),
+        seed: 1,
+        disorder: Duration::from_secs(180),
+        fault_rate: 0.002,
+        duplicate_rate: 0.002,
+        start: "2022-07-11T00:00:00Z".into(),
+        devices_per_message: 8,
+        output: input_text.clone(),
+    })?;
+    let append = || -> io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&input)?;
+        writeln!(file, "{SEED_EXAMPLE}")
+    };
+    append().map_err(|source| CliError::Output { path: input_text.clone(), source })?;
+    println!(
+        "Generated {} devices × {} h: {} messages, {} readings (+ the seed example) → {input_text}\n",
+        args.devices, args.hours, stats.messages, stats.readings
+    );
+
+    let summary = transform(
+        &TransformArgs {
+            input: vec![input_text],
+            output: output.clone(),
+            allowed_lateness: Duration::from_secs(600),
+            max_future: Duration::from_secs(86_400),
+            processing_time: None,
+            epoch_readings: 5_000_000,
+            rows_per_file: 1_000_000,
+            zstd_level: 1,
+            overwrite: true,
+            s3: S3Args {
+                s3_endpoint: None,
+                s3_max_retries: 3,
+                s3_retry_timeout: Duration::from_secs(30),
+            },
+        },
+        runtime,
+    )?;
+    let location = store::open(&output, &StoreOptions::default())?;
+    let inspection = runtime.block_on(inspect::inspect(&location, None, 5))?;
+    print!("{}", render_inspection(&inspection)?);
+    let all = runtime.block_on(inspect::read_all(&location))?;
+    let seed_rows = all
+        .iter()
+        .map(|batch| {
+            let ids = batch.column(0).as_primitive::<Int32Type>();
+            let mask = arrow::compute::kernels::cmp::eq(ids, &Int32Array::new_scalar(123456))?;
+            filter_record_batch(batch, &mask)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CliError::Format)?;
+    println!(
+        "\nThe DESIGN seed example (device 123456):\n{}",
+        pretty_format_batches(&seed_rows).map_err(CliError::Format)?
+    );
+    println!("\nSummary:\n{summary}\n\nOutput in {output}/ (date=YYYY-MM-DD/part-*.parquet, _dead_letter/).");
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! The per-device delta state machine (DESIGN §3): pure, no I/O and no clock.
+//!
+//! Accepted readings wait in a small per-device buffer until the watermark passes them, then
+//! are emitted in time order against the device's last emitted reading. Emission is lazy: a
+//! device catches up when it is next touched, and [`Deltas::emit_ready`] catches every device up
+//! at an epoch boundary. Because the watermark only moves forward, this gives exactly the rows
+//! of checking emission after every message, whatever the batching.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::timestamp::MICROS_PER_MINUTE;
+use crate::watermark::Watermark;
+
+/// One output row, before it is laid out in Arrow columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub device_id: i32,
+    /// Event time, UTC microseconds.
+    pub time: i64,
+    /// Minutes since the device's previous reading; `None` for its first.
+    pub duration: Option<f32>,
+    /// Energy since the previous reading; `None` for the first and after a counter reset.
+    pub delta_energy: Option<f32>,
+    pub device_name: Arc<str>,
+}
+
+/// A validated reading offered to the state machine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Offer<'n> {
+    pub device_id: i32,
+    pub time: i64,
+    pub cumulative_energy: f64,
+    pub device_name: &'n str,
+    /// Position in the message's `measurements`, handed back with a rejection.
+    pub index: u32,
+}
+
+/// What became of an offered reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    Accepted,
+    /// Same device, time and energy as an accepted reading: dropped, counted.
+    Duplicate,
+    /// Same device and time as an accepted reading, different energy: dead letter.
+    ConflictingDuplicate { accepted_energy: f64 },
+    /// Older than the device's last emitted reading: dead letter.
+    Late { last_emitted: i64 },
+}
+
+/// Counters the state machine keeps itself, since only it sees emission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeltaCounters {
+    /// Rows whose energy went down: `delta_energy` null, new baseline.
+    pub counter_resets: u64,
+}
+
+/// Marks "no reading emitted yet"; no parseable time is this early.
+const NEVER: i64 = i64::MIN;
+
+/// State of one device. Kept small: memory per device is a stated target (≤ 150 bytes).
+#[derive(Debug)]
+struct Device {
+    /// Name of the latest accepted reading, shared with its rows.
+    name: Arc<str>,
+    /// Time of the last emitted reading, or [`NEVER`].
+    last_time: i64,
+    /// Energy of the last emitted reading: the baseline of the next delta.
+    last_energy: f64,
+    /// Accepted, not yet emitted readings in time order (usually zero or one).
+    pending: Vec<Pending>,
+    device_id: i32,
+}
+
+#[derive(Debug)]
+struct Pending {
+    time: i64,
+    energy: f64,
+    name: Arc<str>,
+}
+
+/// Per-device state plus the watermark: everything that decides rows.
+#[derive(Debug)]
+pub struct Deltas {
+    /// Device id → slot in `devices`; dense slots keep the per-device cost low.
+    slots: FxHashMap<i32, u32>,
+    devices: Vec<Device>,
+    watermark: Watermark,
+    counters: DeltaCounters,
+}
+
+impl Deltas {
+    /// Empty state whose watermark trails by `allowed_lateness` µs.
+    pub fn new(allowed_lateness: i64) -> Self {
+        Deltas {
+            slots: FxHashMap::default(),
+            devices: Vec::new(),
+            watermark: Watermark::new(allowed_lateness),
+            counters: DeltaCounters::default(),
+        }
+    }
+
+    /// Offers one whole message's readings from `partition`, pushing emitted rows to `rows` and
+    /// reporting every reading that was not accepted to `rejected`. The watermark moves only
+    /// after the whole message, so readings of one message never make each other late.
+    pub fn apply_message<'n>(
+        &mut self,
+        partition: usize,
+        readings: impl IntoIterator<Item = Offer<'n>>,
+        rows: &mut Vec<Row>,
+        mut rejected: impl FnMut(&Offer<'n>, Outcome),
+    ) {
+        let watermark = self.watermark.current();
+        let mut latest: Option<i64> = None;
+        for offer in readings {
+            match self.offer(&offer, watermark, rows) {
+                Outcome::Accepted => latest = Some(latest.map_or(offer.time, |t| t.max(offer.time))),
+                outcome => rejected(&offer, outcome),
+            }
+        }
+        self.watermark.observe(partition, latest);
+    }
+
+    fn offer(&mut self, offer: &Offer<'_>, watermark: i64, rows: &mut Vec<Row>) -> Outcome {
+        let next_slot = self.devices.len() as u32;
+        let slot = *self.slots.entry(offer.device_id).or_insert(next_slot);
+        if slot == next_slot {
+            self.devices.push(Device {
+                name: Arc::from(offer.device_name),
+                last_time: NEVER,
+                last_energy: 0.0,
+                pending: Vec::new(),
+                device_id: offer.device_id,
+            });
+        }
+        let device = &mut self.devices[slot as usize];
+        device.emit_until(watermark, rows, &mut self.counters);
+
+        if device.last_time != NEVER && offer.time <= device.last_time {
+            return if offer.time < device.last_time {
+                Outcome::Late {
+                    last_emitted: device.last_time,
+                }
+            } else {
+                same_time(device.last_energy, offer.cumulative_energy)
+            };
+        }
+        match device.pending.binary_search_by_key(&offer.time, |p| p.time) {
+            Ok(i) => same_time(device.pending[i].energy, offer.cumulative_energy),
+            Err(i) => {
+                if *device.name != *offer.device_name {
+                    device.name = Arc::from(offer.device_name);
+                }
+                let pending = Pending {
+                    time: offer.time,
+                    energy: offer.cumulative_energy,
+                    name: Arc::clone(&device.name),
+                };
+                device.pending.insert(i, pending);
+                Outcome::Accepted
+            }
+        }
+    }
+
+    /// Emits every waiting reading the watermark has passed: call at an epoch boundary so
+    /// the epoch holds exactly what eager emission would have produced by then.
+    pub fn emit_ready(&mut self, rows: &mut Vec<Row>) {
+        let watermark = self.watermark.current();
+        for device in &mut self.devices {
+            device.emit_until(watermark, rows, &mut self.counters);
+        }
+    }
+
+    /// Emits everything still waiting: the end of a finite input.
+    pub fn flush(&mut self, rows: &mut Vec<Row>) {
+        for device in &mut self.devices {
+            device.emit_until(i64::MAX, rows, &mut self.counters);
+        }
+    }
+
+    /// The watermark, for partition bookkeeping by the pipeline.
+    pub fn watermark_mut(&mut self) -> &mut Watermark {
+        &mut self.watermark
+    }
+
+    /// Devices ever seen (state is kept for each: a device's first delta needs its history).
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn counters(&self) -> DeltaCounters {
+        self.counters
+    }
+}
+
+/// A second reading for an already accepted (device, time).
+fn same_time(accepted_energy: f64, offered_energy: f64) -> Outcome {
+    if accepted_energy == offered_energy {
+        Outcome::Duplicate
+    } else {
+        Outcome::ConflictingDuplicate { accepted_energy }
+    }
+}
+
+impl Device {
+    /// Emits pending readings with `time <= until`, oldest first.
+    fn emit_until(&mut self, until: i64, rows: &mut Vec<Row>, counters: &mut DeltaCounters) {
+        let ready = self.pending.partition_point(|p| p.time <= until);
+        if ready == 0 {
+            return;
+        }
+        for reading in self.pending.drain(..ready) {
+            let (duration, delta_energy) = if self.last_time == NEVER {
+                (None, None)
+            } else {
+                let minutes = (reading.time - self.last_time) as f64 / MICROS_PER_MINUTE as f64;
+                let delta = if reading.energy < self.last_energy {
+                    counters.counter_resets += 1;
+                    None
+                } else {
+                    Some((reading.energy - self.last_energy) as f32)
+                };
+                (Some(minutes as f32), delta)
+            };
+            self.last_time = reading.time;
+            self.last_energy = reading.energy;
+            rows.push(Row {
+                device_id: self.device_id,
+                time: reading.time,
+                duration,
+                delta_energy,
+                device_name: reading.name,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timestamp::parse_micros;
+
+    const MINUTE: i64 = MICROS_PER_MINUTE;
+
+    fn offer(device_id: i32, time: i64, energy: f64) -> Offer<'static> {
+        Offer {
+            device_id,
+            time,
+            cumulative_energy: energy,
+            device_name: "Test Device",
+            index: 0,
+        }
+    }
+
+    /// Applies messages one by one, then flushes; returns rows and rejections.
+    fn run(lateness: i64, messages: &[Vec<Offer<'static>>]) -> (Vec<Row>, Vec<Outcome>) {
+        let mut deltas = Deltas::new(lateness);
+        let (mut rows, mut rejected) = (Vec::new(), Vec::new());
+        for message in messages {
+            deltas.apply_message(0, message.iter().copied(), &mut rows, |_, o| rejected.push(o));
+        }
+        deltas.flush(&mut rows);
+        (rows, rejected)
+    }
+
+    #[test]
+    fn seed_example_gives_the_documented_rows() {
+        let t0 = parse_micros("2022-07-11T02:15:00Z").unwrap();
+        let t1 = parse_micros("2022-07-11T02:20:00Z").unwrap();
+        let (rows, rejected) = run(10 * MINUTE, &[vec![offer(123456, t0, 120.12), offer(123456, t1, 122.45)]]);
+        assert!(rejected.is_empty());
+        assert_eq!(
+            rows,
+            vec![
+                Row { device_id: 123456, time: t0, duration: None, delta_energy: None, device_name: "Test Device".into() },
+                Row { device_id: 123456, time: t1, duration: Some(5.0), delta_energy: Some(2.33f32), device_name: "Test Device".into() },
+            ]
+        );
+        // f64 subtraction then one rounding to f32, as the contract says.
+        assert_eq!(rows[1].delta_energy, Some((122.45f64 - 120.12f64) as f32));
+    }
+
+    #[test]
+    fn counter_reset_nulls_the_delta_and_rebases() {
+        let (rows, _) = run(0, &[vec![offer(1, 0, 100.0), offer(1, MINUTE, 3.0), offer(1, 3 * MINUTE, 4.5)]]);
+        let deltas: Vec<_> = rows.iter().map(|r| (r.duration, r.delta_energy)).collect();
+        assert_eq!(deltas, vec![(None, None), (Some(1.0), None), (Some(2.0), Some(1.5))]);
+        let mut state = Deltas::new(0);
+        let mut out = Vec::new();
+        state.apply_message(0, [offer(1, 0, 5.0), offer(1, MINUTE, 1.0)], &mut out, |_, _| {});
+        state.flush(&mut out);
+        assert_eq!(state.counters().counter_resets, 1);
+    }
+
+    #[test]
+    fn equal_energy_gives_a_zero_delta() {
+        let (rows, _) = run(0, &[vec![offer(1, 0, 7.0), offer(1, MINUTE, 7.0)]]);
+        assert_eq!(rows[1].delta_energy, Some(0.0));
+    }
+
+    #[test]
+    fn duplicates_pending_and_emitted() {
+        // Pending duplicate and conflict (same message).
+        let (rows, rejected) = run(
+            10 * MINUTE,
+            &[vec![offer(1, 0, 1.0), offer(1, 0, 1.0), offer(1, 0, 2.0)]],
+        );
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rejected, vec![Outcome::Duplicate, Outcome::ConflictingDuplicate { accepted_energy: 1.0 }]);
+        // Against the last emitted reading, after the watermark passed it.
+        let (rows, rejected) = run(
+            0,
+            &[vec![offer(1, 0, 1.0)], vec![offer(1, MINUTE, 2.0)], vec![offer(1, MINUTE, 2.0), offer(1, MINUTE, 3.0)]],
+        );
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rejected, vec![Outcome::Duplicate, Outcome::ConflictingDuplicate { accepted_energy: 2.0 }]);
+    }
+
+    #[test]
+    fn late_only_against_the_devices_own_emitted_history() {
+        let (rows, rejected) = run(
+            5 * MINUTE,
+            &[
+                vec![offer(1, 0, 1.0)],
+                vec![offer(1, 10 * MINUTE, 2.0)],
+                // Watermark is now 5 min: the 0-min reading is emitted; 10-min still waits.
+                vec![offer(1, 7 * MINUTE, 1.5)], // in order for the device: accepted
+                vec![offer(1, -MINUTE, 0.5)],    // older than emitted 0-min: late
+                vec![offer(2, -60 * MINUTE, 9.0)], // another device's old backlog: not late
+            ],
+        );
+        assert_eq!(rejected, vec![Outcome::Late { last_emitted: 0 }]);
+        let device1: Vec<_> = rows.iter().filter(|r| r.device_id == 1).map(|r| r.time / MINUTE).collect();
+        assert_eq!(device1, vec![0, 7, 10]);
+        assert!(rows.iter().any(|r| r.device_id == 2));
+    }
+
+    #[test]
+    fn readings_of_one_message_never_make_each_other_late() {
+        // Watermark after message 1 is 100 min; message 2 holds 200 and then 150 min.
+        let (rows, rejected) = run(
+            0,
+            &[vec![offer(1, 100 * MINUTE, 1.0)], vec![offer(1, 200 * MINUTE, 3.0), offer(1, 150 * MINUTE, 2.0)]],
+        );
+        assert!(rejected.is_empty());
+        let times: Vec<_> = rows.iter().map(|r| r.time / MINUTE).collect();
+        assert_eq!(times, vec![100, 150, 200]);
+    }
+
+    #[test]
+    fn emit_ready_emits_exactly_what_the_watermark_passed() {
+        let mut deltas = Deltas::new(10 * MINUTE);
+        let mut rows = Vec::new();
+        deltas.apply_message(0, [offer(1, 0, 1.0), offer(2, 0, 1.0)], &mut rows, |_, _| {});
+        deltas.apply_message(0, [offer(3, 15 * MINUTE, 1.0)], &mut rows, |_, _| {});
+        assert!(rows.is_empty(), "lazy: nothing emitted yet");
+        deltas.emit_ready(&mut rows);
+        let ids: Vec<_> = rows.iter().map(|r| r.device_id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(deltas.device_count(), 3);
+    }
+
+    #[test]
+    fn rows_carry_the_name_of_their_own_reading() {
+        let mut deltas = Deltas::new(0);
+        let mut rows = Vec::new();
+        let renamed = Offer { device_name: "Renamed", ..offer(1, MINUTE, 2.0) };
+        deltas.apply_message(0, [offer(1, 0, 1.0), renamed], &mut rows, |_, _| {});
+        deltas.flush(&mut rows);
+        let names: Vec<_> = rows.iter().map(|r| &*r.device_name).collect();
+        assert_eq!(names, vec!["Test Device", "Renamed"]);
+    }
+}

@@ -1,0 +1,52 @@
+//! Object names in the output location (DESIGN §5): pure functions, so names are deterministic
+//! and a replay of an epoch writes the same objects.
+//!
+//! ```text
+//! PREFIX/date=YYYY-MM-DD/part-<epoch:8>-<writer:4>.parquet
+//! PREFIX/_dead_letter/part-<epoch:8>-0000.jsonl
+//! ```
+
+use crate::timestamp;
+
+/// Folder of dead-letter files; the leading underscore makes Hive-style readers skip it.
+pub const DEAD_LETTER_DIR: &str = "_dead_letter";
+
+/// Relative path of the `writer`-th data file of `epoch` for the UTC date of `micros`.
+pub fn data_file(day_of: i64, epoch: u64, writer: usize) -> String {
+    format!(
+        "date={}/part-{epoch:08}-{writer:04}.parquet",
+        timestamp::date_of(day_of)
+    )
+}
+
+/// Relative path of the dead-letter file of `epoch`.
+pub fn dead_letter_file(epoch: u64) -> String {
+    format!("{DEAD_LETTER_DIR}/part-{epoch:08}-0000.jsonl")
+}
+
+/// Whether a relative path is one meterflow writes as output (and `--overwrite` may replace).
+pub fn is_output(relative: &str) -> bool {
+    let Some((dir, file)) = relative.split_once('/') else {
+        return false;
+    };
+    let data = dir.starts_with("date=") && file.starts_with("part-") && file.ends_with(".parquet");
+    let dead = dir == DEAD_LETTER_DIR && file.starts_with("part-") && file.ends_with(".jsonl");
+    (data || dead) && !file.contains('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_hive_partitioned_and_recognised() {
+        let t = timestamp::parse_micros("2022-07-11T23:59:59Z").unwrap();
+        let name = data_file(t, 3, 1);
+        assert_eq!(name, "date=2022-07-11/part-00000003-0001.parquet");
+        assert!(is_output(&name));
+        assert!(is_output(&dead_letter_file(3)));
+        assert!(!is_output("_input/readings.jsonl"));
+        assert!(!is_output("date=2022-07-11/notes.txt"));
+        assert!(!is_output("part-1.parquet"));
+    }
+}

@@ -1,0 +1,283 @@
+//! The processing loop: decoded messages → deltas → epochs of rows and dead letters → sink.
+//!
+//! [`Processor`] is source-agnostic (file mode and Kafka mode drive the same one); [`transform`]
+//! is the file-mode driver. Decoding runs on a reader thread that decodes groups of blocks in
+//! parallel with rayon, while this thread applies the previous group in order: the per-device
+//! logic stays sequential and deterministic, the expensive parsing uses every core.
+
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use tokio::runtime::Handle;
+
+use crate::dead_letter::{DeadLetter, Origin};
+use crate::deltas::{Deltas, Offer, Outcome, Row};
+use crate::reading::{self, DecodedBlock, DecodedMessage, Limits};
+use crate::reason::Reason;
+use crate::sink::{ParquetSink, SinkError};
+use crate::source::{Block, BlockReader, Input, SourceError};
+use crate::summary::Summary;
+use crate::timestamp::format_micros;
+
+/// Errors that stop a run (bad records never do).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("the input reader thread stopped unexpectedly")]
+    ReaderPanicked,
+}
+
+/// Settings that decide rows; the same for every source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// How far event time may run ahead of a reading before it is final, in µs.
+    pub allowed_lateness: i64,
+    /// Validation limits (the future-time guard), decided once per run.
+    pub limits: Limits,
+    /// An epoch ends at the first message boundary after this many readings.
+    pub epoch_readings: u64,
+}
+
+/// The rows and dead letters of one epoch.
+#[derive(Debug, Default)]
+pub struct EpochContent {
+    pub rows: Vec<Row>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Applies decoded messages to the delta state, collecting the current epoch.
+#[derive(Debug)]
+pub struct Processor {
+    deltas: Deltas,
+    epoch: EpochContent,
+    readings_in_epoch: u64,
+    epoch_readings: u64,
+    /// Counters so far; rows/files/bytes are added by whoever uploads the epoch.
+    pub summary: Summary,
+}
+
+impl Processor {
+    pub fn new(options: &PipelineOptions) -> Self {
+        Processor {
+            deltas: Deltas::new(options.allowed_lateness),
+            epoch: EpochContent::default(),
+            readings_in_epoch: 0,
+            epoch_readings: options.epoch_readings.max(1),
+            summary: Summary::default(),
+        }
+    }
+
+    /// Applies one decoded message of `partition`; `origin` names its source position for
+    /// dead letters (called only when there is one).
+    pub fn apply(
+        &mut self,
+        block: &DecodedBlock,
+        message: &DecodedMessage,
+        partition: usize,
+        origin: impl Fn(u64) -> Origin,
+    ) {
+        let summary = &mut self.summary;
+        let dead_letters = &mut self.epoch.dead_letters;
+        summary.messages += 1;
+        summary.readings += u64::from(message.measurement_count);
+        self.readings_in_epoch += u64::from(message.measurement_count);
+        for rejected in &block.rejected[message.rejected.clone()] {
+            summary.dead_letters[rejected.reason.index()] += 1;
+            dead_letters.push(DeadLetter {
+                reason: rejected.reason,
+                detail: rejected.detail.clone(),
+                source: origin(message.position),
+                index: rejected.index,
+                record: rejected.record.clone(),
+            });
+        }
+        let offers = block.readings[message.readings.clone()].iter().map(|r| Offer {
+            device_id: r.device_id,
+            time: r.time,
+            cumulative_energy: r.cumulative_energy,
+            device_name: block.text(r.name),
+            index: r.index,
+        });
+        self.deltas
+            .apply_message(partition, offers, &mut self.epoch.rows, |offer, outcome| {
+                let (reason, detail) = match outcome {
+                    Outcome::Accepted => return,
+                    Outcome::Duplicate => {
+                        summary.duplicates += 1;
+                        return;
+                    }
+                    Outcome::ConflictingDuplicate { accepted_energy } => (
+                        Reason::ConflictingDuplicate,
+                        format!(
+                            "device {} already has a reading at {} with cumulative_energy {}",
+                            offer.device_id,
+                            format_micros(offer.time),
+                            accepted_energy
+                        ),
+                    ),
+                    Outcome::Late { last_emitted } => (
+                        Reason::Late,
+                        format!(
+                            "device {} already emitted a reading at {}, after {}",
+                            offer.device_id,
+                            format_micros(last_emitted),
+                            format_micros(offer.time)
+                        ),
+                    ),
+                };
+                summary.dead_letters[reason.index()] += 1;
+                dead_letters.push(DeadLetter {
+                    reason,
+                    detail,
+                    source: origin(message.position),
+                    index: Some(offer.index),
+                    record: reading::element_text(&block.bytes[message.bytes.clone()], offer.index)
+                        .unwrap_or_default(),
+                });
+            });
+    }
+
+    /// Whether the current epoch has taken its share of readings.
+    pub fn epoch_full(&self) -> bool {
+        self.readings_in_epoch >= self.epoch_readings
+    }
+
+    /// Closes the current epoch: everything the watermark has passed (or everything, at the
+    /// end of a finite input) is emitted into it.
+    pub fn take_epoch(&mut self, end_of_input: bool) -> EpochContent {
+        if end_of_input {
+            self.deltas.flush(&mut self.epoch.rows);
+        } else {
+            self.deltas.emit_ready(&mut self.epoch.rows);
+        }
+        self.readings_in_epoch = 0;
+        self.summary.counter_resets = self.deltas.counters().counter_resets;
+        self.summary.devices = self.deltas.device_count() as u64;
+        std::mem::take(&mut self.epoch)
+    }
+}
+
+/// A decoded block and the input it came from.
+struct DecodedInput {
+    input: usize,
+    block: DecodedBlock,
+}
+
+/// File mode: reads `inputs` in order as one partition and writes every epoch to `sink`.
+/// `on_progress` is called with the counters after each block.
+pub fn transform(
+    inputs: Vec<Input>,
+    sink: &ParquetSink,
+    runtime: &Handle,
+    options: &PipelineOptions,
+    mut on_progress: impl FnMut(&Summary),
+) -> Result<Summary, PipelineError> {
+    let started = Instant::now();
+    let names: Vec<String> = inputs.iter().map(Input::name).collect();
+    let (sender, receiver) = sync_channel(4);
+    let limits = options.limits;
+    let reader = std::thread::Builder::new()
+        .name("meterflow-reader".into())
+        .spawn(move || read_and_decode(inputs, limits, sender))
+        .map_err(|_| PipelineError::ReaderPanicked)?;
+
+    let mut processor = Processor::new(options);
+    let mut epoch = 0u64;
+    for decoded in receiver {
+        let DecodedInput { input, block } = decoded?;
+        for message in &block.messages {
+            processor.apply(&block, message, 0, |line| Origin::File {
+                file: names[input].clone(),
+                line,
+            });
+            if processor.epoch_full() {
+                write_epoch(sink, runtime, epoch, &mut processor, false)?;
+                epoch += 1;
+            }
+        }
+        on_progress(&processor.summary);
+    }
+    reader.join().map_err(|_| PipelineError::ReaderPanicked)?;
+    write_epoch(sink, runtime, epoch, &mut processor, true)?;
+    processor.summary.elapsed = started.elapsed();
+    Ok(processor.summary)
+}
+
+/// Closes the processor's epoch and uploads its files.
+fn write_epoch(
+    sink: &ParquetSink,
+    runtime: &Handle,
+    epoch: u64,
+    processor: &mut Processor,
+    end_of_input: bool,
+) -> Result<(), SinkError> {
+    let mut content = processor.take_epoch(end_of_input);
+    let mut files = sink.encode_epoch(epoch, &mut content.rows)?;
+    files.extend(ParquetSink::encode_dead_letters(epoch, &content.dead_letters));
+    let _span = tracing::info_span!("epoch", epoch).entered();
+    let written = runtime.block_on(sink.upload(files))?;
+    tracing::info!(rows = written.rows, files = written.data_files.len(), bytes = written.bytes, "epoch written");
+    let summary = &mut processor.summary;
+    summary.rows += written.rows as u64;
+    summary.files += written.data_files.len() as u64;
+    summary.bytes += written.bytes as u64;
+    Ok(())
+}
+
+/// Reader thread: reads groups of blocks and decodes each group in parallel, in order.
+fn read_and_decode(
+    inputs: Vec<Input>,
+    limits: Limits,
+    sender: SyncSender<Result<DecodedInput, SourceError>>,
+) {
+    let mut reader = BlockReader::new(inputs);
+    let group = rayon::current_num_threads() * 2;
+    loop {
+        let mut blocks = Vec::with_capacity(group);
+        let mut failure = None;
+        while blocks.len() < group {
+            match reader.next_block() {
+                Ok(Some(block)) => blocks.push(block),
+                Ok(None) => break,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let finished = blocks.len() < group;
+        let decoded: Vec<DecodedInput> = blocks
+            .into_par_iter()
+            .map(|block| decode_block(block, &limits))
+            .collect();
+        for item in decoded {
+            if sender.send(Ok(item)).is_err() {
+                return;
+            }
+        }
+        if let Some(error) = failure {
+            let _ = sender.send(Err(error));
+            return;
+        }
+        if finished {
+            return;
+        }
+    }
+}
+
+fn decode_block(block: Block, limits: &Limits) -> DecodedInput {
+    let lines: Vec<_> = block.lines().collect();
+    let mut decoded = DecodedBlock::new(block.bytes);
+    for (line, range) in lines {
+        decoded.decode(range, line, limits);
+    }
+    DecodedInput {
+        input: block.input,
+        block: decoded,
+    }
+}

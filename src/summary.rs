@@ -1,0 +1,87 @@
+//! Run counters and the human-readable summary printed at the end of a run.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::reason::Reason;
+
+/// What a run did; every number the summary and (later) the metrics report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Input messages (non-blank lines or Kafka records).
+    pub messages: u64,
+    /// Elements of `measurements` seen, valid or not.
+    pub readings: u64,
+    /// Rows written to Parquet.
+    pub rows: u64,
+    /// Dead letters, indexed by [`Reason::index`].
+    pub dead_letters: [u64; Reason::ALL.len()],
+    /// Exact duplicates dropped.
+    pub duplicates: u64,
+    /// Rows whose energy went down (null `delta_energy`).
+    pub counter_resets: u64,
+    /// Parquet files written.
+    pub files: u64,
+    /// Bytes uploaded (Parquet and dead letters).
+    pub bytes: u64,
+    /// Devices in state at the end.
+    pub devices: u64,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn dead_letter_total(&self) -> u64 {
+        self.dead_letters.iter().sum()
+    }
+
+    pub fn dead_letters_for(&self, reason: Reason) -> u64 {
+        self.dead_letters[reason.index()]
+    }
+
+    /// Input readings per second of wall time.
+    pub fn readings_per_second(&self) -> f64 {
+        self.readings as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = self.readings_per_second();
+        writeln!(f, "  messages        {:>12}", self.messages)?;
+        writeln!(f, "  readings        {:>12}", self.readings)?;
+        writeln!(
+            f,
+            "  rows            {:>12}   in {} Parquet files, {:.1} MB",
+            self.rows,
+            self.files,
+            self.bytes as f64 / 1e6
+        )?;
+        writeln!(f, "  devices         {:>12}", self.devices)?;
+        writeln!(f, "  duplicates      {:>12}", self.duplicates)?;
+        writeln!(f, "  counter resets  {:>12}", self.counter_resets)?;
+        writeln!(f, "  dead letters    {:>12}", self.dead_letter_total())?;
+        for reason in Reason::ALL {
+            let count = self.dead_letters_for(reason);
+            if count > 0 {
+                writeln!(f, "    {:<22}{:>10}", reason.code(), count)?;
+            }
+        }
+        writeln!(f, "  seconds         {:>12.3}", self.elapsed.as_secs_f64())?;
+        write!(f, "  readings/s      {:>12.0}", rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_only_reasons_that_occurred() {
+        let mut summary = Summary { readings: 10, elapsed: Duration::from_secs(2), ..Summary::default() };
+        summary.dead_letters[Reason::Late.index()] = 3;
+        let text = summary.to_string();
+        assert!(text.contains("late") && text.contains("dead letters               3"));
+        assert!(!text.contains("invalid_json"));
+        assert_eq!(summary.readings_per_second(), 5.0);
+    }
+}
