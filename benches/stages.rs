@@ -1,1 +1,68 @@
-fn main(){}
+//! Criterion benchmarks of the two CPU stages: decoding messages and applying deltas.
+//!
+//! Run with `cargo bench --bench stages`; throughput is reported per reading.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use meterflow::deltas::{Deltas, Offer};
+use meterflow::generate::{generate, GenerateOptions};
+use meterflow::reading::{DecodedBlock, Limits};
+use meterflow::timestamp::{parse_micros, MICROS_PER_MINUTE};
+
+/// A deterministic fleet: 2,000 devices for 4 hours at 5-minute intervals (96,000 readings).
+fn fleet() -> (Vec<u8>, u64) {
+    let options = GenerateOptions {
+        devices: 2_000,
+        hours: 4.0,
+        interval: 5 * MICROS_PER_MINUTE,
+        seed: 42,
+        disorder: 2 * MICROS_PER_MINUTE,
+        fault_rate: 0.0,
+        duplicate_rate: 0.0,
+        start: parse_micros("2022-07-11T00:00:00Z").expect("valid start"),
+        devices_per_message: 8,
+    };
+    let mut bytes = Vec::new();
+    let stats = generate(&options, &mut bytes).expect("generate into memory");
+    (bytes, stats.readings)
+}
+
+fn decode_all(bytes: &[u8]) -> DecodedBlock {
+    let limits = Limits { latest_time: i64::MAX };
+    let mut block = DecodedBlock::new(bytes.to_vec());
+    let mut start = 0;
+    for (line, end) in memchr::memchr_iter(b'\n', bytes).enumerate() {
+        block.decode(start..end, line as u64 + 1, &limits);
+        start = end + 1;
+    }
+    block
+}
+
+fn stages(c: &mut Criterion) {
+    let (bytes, readings) = fleet();
+    let mut group = c.benchmark_group("stages");
+    group.throughput(Throughput::Elements(readings));
+    group.bench_function("decode", |b| b.iter(|| decode_all(&bytes)));
+
+    let block = decode_all(&bytes);
+    group.bench_function("deltas", |b| {
+        b.iter(|| {
+            let mut deltas = Deltas::new(10 * MICROS_PER_MINUTE);
+            for message in &block.messages {
+                let offers = block.readings[message.readings.clone()].iter().map(|r| Offer {
+                    device_id: r.device_id,
+                    time: r.time,
+                    cumulative_energy: r.cumulative_energy,
+                    device_name: block.text(r.name),
+                    index: r.index,
+                });
+                deltas.apply_message(0, offers, |_, _| {});
+            }
+            deltas.flush();
+            deltas.take_rows()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);

@@ -1,13 +1,14 @@
-//! The output schema (DESIGN §1) and rows → Arrow record batches.
+//! The output schema (DESIGN §1) and a day's rows → Arrow record batches.
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{Float32Array, Int32Array, StringBuilder, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, Float32Array, Int32Array, StringArray, TimestampMicrosecondArray};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use crate::deltas::Row;
+use crate::deltas::DayRows;
 
 /// The exact output schema: column order, types and nullability are the contract.
 pub fn schema() -> SchemaRef {
@@ -29,22 +30,17 @@ pub fn schema() -> SchemaRef {
         .clone()
 }
 
-/// Lays rows out as one record batch of [`schema`].
-pub fn to_record_batch(rows: &[Row]) -> Result<RecordBatch, ArrowError> {
-    let name_bytes = rows.iter().map(|r| r.device_name.len()).sum();
-    let mut names = StringBuilder::with_capacity(rows.len(), name_bytes);
-    for row in rows {
-        names.append_value(&row.device_name);
-    }
-    let columns: Vec<arrow::array::ArrayRef> = vec![
-        Arc::new(rows.iter().map(|r| r.device_id).collect::<Int32Array>()),
-        Arc::new(names.finish()),
-        Arc::new(
-            TimestampMicrosecondArray::from(rows.iter().map(|r| r.time).collect::<Vec<_>>())
-                .with_timezone("UTC"),
-        ),
-        Arc::new(rows.iter().map(|r| r.duration).collect::<Float32Array>()),
-        Arc::new(rows.iter().map(|r| r.delta_energy).collect::<Float32Array>()),
+/// Lays a day's rows out as one record batch of [`schema`], moving the columns (the names
+/// buffer becomes the string column without a copy).
+pub fn to_record_batch(rows: DayRows) -> Result<RecordBatch, ArrowError> {
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(rows.name_offsets));
+    let names = StringArray::try_new(offsets, Buffer::from(rows.name_bytes.into_bytes()), None)?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(rows.device_id)),
+        Arc::new(names),
+        Arc::new(TimestampMicrosecondArray::from(rows.time).with_timezone("UTC")),
+        Arc::new(Float32Array::from(rows.duration)),
+        Arc::new(Float32Array::from(rows.delta_energy)),
     ];
     RecordBatch::try_new(schema(), columns)
 }
@@ -56,12 +52,17 @@ mod tests {
     use arrow::datatypes::{Float32Type, TimestampMicrosecondType};
 
     #[test]
-    fn rows_become_columns_with_nulls() {
-        let rows = vec![
-            Row { device_id: 7, time: 1, duration: None, delta_energy: None, device_name: "a".into() },
-            Row { device_id: 7, time: 2, duration: Some(5.0), delta_energy: None, device_name: "b".into() },
-        ];
-        let batch = to_record_batch(&rows).unwrap();
+    fn columns_move_into_the_exact_schema_with_nulls() {
+        let rows = DayRows {
+            day: 0,
+            device_id: vec![7, 7],
+            time: vec![1, 2],
+            duration: vec![None, Some(5.0)],
+            delta_energy: vec![None, None],
+            name_offsets: vec![0, 1, 3],
+            name_bytes: "abc".into(),
+        };
+        let batch = to_record_batch(rows).unwrap();
         assert_eq!(batch.schema(), schema());
         assert_eq!(batch.num_rows(), 2);
         let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
@@ -70,6 +71,7 @@ mod tests {
         assert!(duration.is_null(0));
         assert_eq!(duration.value(1), 5.0);
         assert_eq!(batch.column(4).null_count(), 2);
-        assert_eq!(batch.column(1).as_string::<i32>().value(1), "b");
+        assert_eq!(batch.column(1).as_string::<i32>().value(1), "bc");
+        assert_eq!(batch.column(0).null_count(), 0);
     }
 }

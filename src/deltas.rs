@@ -5,25 +5,84 @@
 //! device catches up when it is next touched, and [`Deltas::emit_ready`] catches every device up
 //! at an epoch boundary. Because the watermark only moves forward, this gives exactly the rows
 //! of checking emission after every message, whatever the batching.
-
-use std::sync::Arc;
+//!
+//! Emitted rows stay with their device until [`Deltas::take_rows`] collects them in device-id
+//! order. A device's rows are already in time order, so an epoch comes out sorted by
+//! (device_id, time) without sorting rows, and column by column, ready for Arrow.
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
-use crate::timestamp::MICROS_PER_MINUTE;
+use crate::timestamp::{MICROS_PER_DAY, MICROS_PER_MINUTE};
 use crate::watermark::Watermark;
 
-/// One output row, before it is laid out in Arrow columns.
+/// One output row, for tests and for reading [`DayRows`] row by row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub device_id: i32,
+    pub device_name: String,
     /// Event time, UTC microseconds.
     pub time: i64,
     /// Minutes since the device's previous reading; `None` for its first.
     pub duration: Option<f32>,
     /// Energy since the previous reading; `None` for the first and after a counter reset.
     pub delta_energy: Option<f32>,
-    pub device_name: Arc<str>,
+}
+
+/// An epoch's rows of one UTC day, sorted by (device_id, time), as columns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayRows {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    pub device_id: Vec<i32>,
+    pub time: Vec<i64>,
+    pub duration: Vec<Option<f32>>,
+    pub delta_energy: Vec<Option<f32>>,
+    /// Arrow-style string column: row `i`'s name is `name_bytes[offsets[i]..offsets[i + 1]]`.
+    pub name_offsets: Vec<i32>,
+    pub name_bytes: String,
+}
+
+impl DayRows {
+    fn new(day: i64) -> Self {
+        DayRows {
+            day,
+            name_offsets: vec![0],
+            ..DayRows::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.device_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.device_id.is_empty()
+    }
+
+    pub fn name(&self, row: usize) -> &str {
+        &self.name_bytes[self.name_offsets[row] as usize..self.name_offsets[row + 1] as usize]
+    }
+
+    /// The rows one by one.
+    pub fn rows(&self) -> impl Iterator<Item = Row> + '_ {
+        (0..self.len()).map(|i| Row {
+            device_id: self.device_id[i],
+            device_name: self.name(i).to_owned(),
+            time: self.time[i],
+            duration: self.duration[i],
+            delta_energy: self.delta_energy[i],
+        })
+    }
+
+    fn push(&mut self, device_id: i32, row: &Emitted, name: &str) {
+        self.device_id.push(device_id);
+        self.time.push(row.time);
+        self.duration.push(row.duration);
+        self.delta_energy.push(row.delta_energy);
+        self.name_bytes.push_str(name);
+        self.name_offsets.push(self.name_bytes.len() as i32);
+    }
 }
 
 /// A validated reading offered to the state machine.
@@ -54,30 +113,78 @@ pub enum Outcome {
 pub struct DeltaCounters {
     /// Rows whose energy went down: `delta_energy` null, new baseline.
     pub counter_resets: u64,
+    /// Rows emitted so far.
+    pub rows: u64,
 }
 
 /// Marks "no reading emitted yet"; no parseable time is this early.
 const NEVER: i64 = i64::MIN;
 
-/// State of one device. Kept small: memory per device is a stated target (≤ 150 bytes).
+/// Index into [`Names`].
+type NameId = u32;
+
+/// State of one device. Kept small: memory per device is a stated target (≤ 150 bytes), so
+/// names are ids and one pending reading fits inline.
 #[derive(Debug)]
 struct Device {
-    /// Name of the latest accepted reading, shared with its rows.
-    name: Arc<str>,
+    device_id: i32,
+    /// Name of the latest accepted reading.
+    name: NameId,
     /// Time of the last emitted reading, or [`NEVER`].
     last_time: i64,
     /// Energy of the last emitted reading: the baseline of the next delta.
     last_energy: f64,
     /// Accepted, not yet emitted readings in time order (usually zero or one).
-    pending: Vec<Pending>,
-    device_id: i32,
+    pending: SmallVec<[Pending; 1]>,
+    /// Rows emitted in the current epoch, in time order.
+    emitted: Vec<Emitted>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Pending {
     time: i64,
     energy: f64,
-    name: Arc<str>,
+    name: NameId,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Emitted {
+    time: i64,
+    duration: Option<f32>,
+    delta_energy: Option<f32>,
+    name: NameId,
+}
+
+/// Device names, each stored once in one buffer; a renamed device adds its new name, and
+/// names seen in renames are looked up so a device flipping between names adds nothing.
+#[derive(Debug, Default)]
+struct Names {
+    text: String,
+    spans: Vec<(u32, u32)>,
+    renamed: FxHashMap<Box<str>, NameId>,
+}
+
+impl Names {
+    fn get(&self, id: NameId) -> &str {
+        let (start, end) = self.spans[id as usize];
+        &self.text[start as usize..end as usize]
+    }
+
+    fn add(&mut self, name: &str) -> NameId {
+        let start = self.text.len() as u32;
+        self.text.push_str(name);
+        self.spans.push((start, self.text.len() as u32));
+        (self.spans.len() - 1) as NameId
+    }
+
+    fn rename(&mut self, name: &str) -> NameId {
+        if let Some(&id) = self.renamed.get(name) {
+            return id;
+        }
+        let id = self.add(name);
+        self.renamed.insert(name.into(), id);
+        id
+    }
 }
 
 /// Per-device state plus the watermark: everything that decides rows.
@@ -86,6 +193,9 @@ pub struct Deltas {
     /// Device id → slot in `devices`; dense slots keep the per-device cost low.
     slots: FxHashMap<i32, u32>,
     devices: Vec<Device>,
+    /// Slots in device-id order (rebuilt when devices were added).
+    order: Vec<u32>,
+    names: Names,
     watermark: Watermark,
     counters: DeltaCounters,
 }
@@ -96,25 +206,26 @@ impl Deltas {
         Deltas {
             slots: FxHashMap::default(),
             devices: Vec::new(),
+            order: Vec::new(),
+            names: Names::default(),
             watermark: Watermark::new(allowed_lateness),
             counters: DeltaCounters::default(),
         }
     }
 
-    /// Offers one whole message's readings from `partition`, pushing emitted rows to `rows` and
-    /// reporting every reading that was not accepted to `rejected`. The watermark moves only
-    /// after the whole message, so readings of one message never make each other late.
+    /// Offers one whole message's readings from `partition`, reporting every reading that was
+    /// not accepted to `rejected`. The watermark moves only after the whole message, so
+    /// readings of one message never make each other late.
     pub fn apply_message<'n>(
         &mut self,
         partition: usize,
         readings: impl IntoIterator<Item = Offer<'n>>,
-        rows: &mut Vec<Row>,
         mut rejected: impl FnMut(&Offer<'n>, Outcome),
     ) {
         let watermark = self.watermark.current();
         let mut latest: Option<i64> = None;
         for offer in readings {
-            match self.offer(&offer, watermark, rows) {
+            match self.offer(&offer, watermark) {
                 Outcome::Accepted => latest = Some(latest.map_or(offer.time, |t| t.max(offer.time))),
                 outcome => rejected(&offer, outcome),
             }
@@ -122,20 +233,22 @@ impl Deltas {
         self.watermark.observe(partition, latest);
     }
 
-    fn offer(&mut self, offer: &Offer<'_>, watermark: i64, rows: &mut Vec<Row>) -> Outcome {
+    fn offer(&mut self, offer: &Offer<'_>, watermark: i64) -> Outcome {
         let next_slot = self.devices.len() as u32;
         let slot = *self.slots.entry(offer.device_id).or_insert(next_slot);
         if slot == next_slot {
+            let name = self.names.add(offer.device_name);
             self.devices.push(Device {
-                name: Arc::from(offer.device_name),
+                device_id: offer.device_id,
+                name,
                 last_time: NEVER,
                 last_energy: 0.0,
-                pending: Vec::new(),
-                device_id: offer.device_id,
+                pending: SmallVec::new(),
+                emitted: Vec::new(),
             });
         }
         let device = &mut self.devices[slot as usize];
-        device.emit_until(watermark, rows, &mut self.counters);
+        device.emit_until(watermark, &mut self.counters);
 
         if device.last_time != NEVER && offer.time <= device.last_time {
             return if offer.time < device.last_time {
@@ -149,13 +262,13 @@ impl Deltas {
         match device.pending.binary_search_by_key(&offer.time, |p| p.time) {
             Ok(i) => same_time(device.pending[i].energy, offer.cumulative_energy),
             Err(i) => {
-                if *device.name != *offer.device_name {
-                    device.name = Arc::from(offer.device_name);
+                if self.names.get(device.name) != offer.device_name {
+                    device.name = self.names.rename(offer.device_name);
                 }
                 let pending = Pending {
                     time: offer.time,
                     energy: offer.cumulative_energy,
-                    name: Arc::clone(&device.name),
+                    name: device.name,
                 };
                 device.pending.insert(i, pending);
                 Outcome::Accepted
@@ -165,18 +278,55 @@ impl Deltas {
 
     /// Emits every waiting reading the watermark has passed: call at an epoch boundary so
     /// the epoch holds exactly what eager emission would have produced by then.
-    pub fn emit_ready(&mut self, rows: &mut Vec<Row>) {
+    pub fn emit_ready(&mut self) {
         let watermark = self.watermark.current();
         for device in &mut self.devices {
-            device.emit_until(watermark, rows, &mut self.counters);
+            device.emit_until(watermark, &mut self.counters);
         }
     }
 
     /// Emits everything still waiting: the end of a finite input.
-    pub fn flush(&mut self, rows: &mut Vec<Row>) {
+    pub fn flush(&mut self) {
         for device in &mut self.devices {
-            device.emit_until(i64::MAX, rows, &mut self.counters);
+            device.emit_until(i64::MAX, &mut self.counters);
         }
+    }
+
+    /// Takes the rows emitted since the last call, grouped by UTC day (ascending) and sorted
+    /// by (device_id, time) within each day.
+    pub fn take_rows(&mut self) -> Vec<DayRows> {
+        if self.order.len() != self.devices.len() {
+            let devices = &self.devices;
+            self.order.extend(self.order.len() as u32..devices.len() as u32);
+            // Stable sort: the old prefix is sorted, so this is one merge of two runs.
+            self.order.sort_by_key(|&slot| devices[slot as usize].device_id);
+        }
+        let mut days: Vec<DayRows> = Vec::new();
+        for &slot in &self.order {
+            let device = &mut self.devices[slot as usize];
+            if device.emitted.is_empty() {
+                continue;
+            }
+            // Taking (not clearing) the vector returns its memory between epochs.
+            let emitted = std::mem::take(&mut device.emitted);
+            let mut day_end = i64::MIN;
+            let mut bucket = 0;
+            for row in &emitted {
+                if row.time >= day_end {
+                    let day = row.time.div_euclid(MICROS_PER_DAY);
+                    day_end = (day + 1).saturating_mul(MICROS_PER_DAY);
+                    bucket = match days.binary_search_by_key(&day, |d| d.day) {
+                        Ok(i) => i,
+                        Err(i) => {
+                            days.insert(i, DayRows::new(day));
+                            i
+                        }
+                    };
+                }
+                days[bucket].push(device.device_id, row, self.names.get(row.name));
+            }
+        }
+        days
     }
 
     /// The watermark, for partition bookkeeping by the pipeline.
@@ -205,7 +355,7 @@ fn same_time(accepted_energy: f64, offered_energy: f64) -> Outcome {
 
 impl Device {
     /// Emits pending readings with `time <= until`, oldest first.
-    fn emit_until(&mut self, until: i64, rows: &mut Vec<Row>, counters: &mut DeltaCounters) {
+    fn emit_until(&mut self, until: i64, counters: &mut DeltaCounters) {
         let ready = self.pending.partition_point(|p| p.time <= until);
         if ready == 0 {
             return;
@@ -225,12 +375,12 @@ impl Device {
             };
             self.last_time = reading.time;
             self.last_energy = reading.energy;
-            rows.push(Row {
-                device_id: self.device_id,
+            counters.rows += 1;
+            self.emitted.push(Emitted {
                 time: reading.time,
                 duration,
                 delta_energy,
-                device_name: reading.name,
+                name: reading.name,
             });
         }
     }
@@ -256,12 +406,16 @@ mod tests {
     /// Applies messages one by one, then flushes; returns rows and rejections.
     fn run(lateness: i64, messages: &[Vec<Offer<'static>>]) -> (Vec<Row>, Vec<Outcome>) {
         let mut deltas = Deltas::new(lateness);
-        let (mut rows, mut rejected) = (Vec::new(), Vec::new());
+        let mut rejected = Vec::new();
         for message in messages {
-            deltas.apply_message(0, message.iter().copied(), &mut rows, |_, o| rejected.push(o));
+            deltas.apply_message(0, message.iter().copied(), |_, o| rejected.push(o));
         }
-        deltas.flush(&mut rows);
-        (rows, rejected)
+        deltas.flush();
+        (rows_of(&mut deltas), rejected)
+    }
+
+    fn rows_of(deltas: &mut Deltas) -> Vec<Row> {
+        deltas.take_rows().iter().flat_map(DayRows::rows).collect()
     }
 
     #[test]
@@ -273,8 +427,8 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                Row { device_id: 123456, time: t0, duration: None, delta_energy: None, device_name: "Test Device".into() },
-                Row { device_id: 123456, time: t1, duration: Some(5.0), delta_energy: Some(2.33f32), device_name: "Test Device".into() },
+                Row { device_id: 123456, device_name: "Test Device".into(), time: t0, duration: None, delta_energy: None },
+                Row { device_id: 123456, device_name: "Test Device".into(), time: t1, duration: Some(5.0), delta_energy: Some(2.33f32) },
             ]
         );
         // f64 subtraction then one rounding to f32, as the contract says.
@@ -287,9 +441,8 @@ mod tests {
         let deltas: Vec<_> = rows.iter().map(|r| (r.duration, r.delta_energy)).collect();
         assert_eq!(deltas, vec![(None, None), (Some(1.0), None), (Some(2.0), Some(1.5))]);
         let mut state = Deltas::new(0);
-        let mut out = Vec::new();
-        state.apply_message(0, [offer(1, 0, 5.0), offer(1, MINUTE, 1.0)], &mut out, |_, _| {});
-        state.flush(&mut out);
+        state.apply_message(0, [offer(1, 0, 5.0), offer(1, MINUTE, 1.0)], |_, _| {});
+        state.flush();
         assert_eq!(state.counters().counter_resets, 1);
     }
 
@@ -351,24 +504,43 @@ mod tests {
     #[test]
     fn emit_ready_emits_exactly_what_the_watermark_passed() {
         let mut deltas = Deltas::new(10 * MINUTE);
-        let mut rows = Vec::new();
-        deltas.apply_message(0, [offer(1, 0, 1.0), offer(2, 0, 1.0)], &mut rows, |_, _| {});
-        deltas.apply_message(0, [offer(3, 15 * MINUTE, 1.0)], &mut rows, |_, _| {});
-        assert!(rows.is_empty(), "lazy: nothing emitted yet");
-        deltas.emit_ready(&mut rows);
-        let ids: Vec<_> = rows.iter().map(|r| r.device_id).collect();
-        assert_eq!(ids, vec![1, 2]);
+        deltas.apply_message(0, [offer(2, 0, 1.0), offer(1, 0, 1.0)], |_, _| {});
+        deltas.apply_message(0, [offer(3, 15 * MINUTE, 1.0)], |_, _| {});
+        assert_eq!(deltas.counters().rows, 0, "lazy: nothing emitted yet");
+        deltas.emit_ready();
+        let ids: Vec<_> = rows_of(&mut deltas).iter().map(|r| r.device_id).collect();
+        assert_eq!(ids, vec![1, 2], "sorted by device id");
         assert_eq!(deltas.device_count(), 3);
+        assert!(rows_of(&mut deltas).is_empty(), "taken rows are gone");
+    }
+
+    #[test]
+    fn take_rows_groups_by_utc_day_and_sorts_by_device_then_time() {
+        let day = crate::timestamp::MICROS_PER_DAY;
+        let mut deltas = Deltas::new(0);
+        deltas.apply_message(0, [offer(9, day - MINUTE, 1.0), offer(9, day + MINUTE, 2.0), offer(3, day, 1.0)], |_, _| {});
+        deltas.apply_message(0, [offer(3, -MINUTE, 1.0)], |_, _| {});
+        deltas.flush();
+        let days = deltas.take_rows();
+        let layout: Vec<(i64, Vec<(i32, i64)>)> = days
+            .iter()
+            .map(|d| (d.day, d.rows().map(|r| (r.device_id, r.time / MINUTE)).collect()))
+            .collect();
+        assert_eq!(
+            layout,
+            vec![(-1, vec![(3, -1)]), (0, vec![(9, 1439)]), (1, vec![(3, 1440), (9, 1441)])]
+        );
     }
 
     #[test]
     fn rows_carry_the_name_of_their_own_reading() {
         let mut deltas = Deltas::new(0);
-        let mut rows = Vec::new();
-        let renamed = Offer { device_name: "Renamed", ..offer(1, MINUTE, 2.0) };
-        deltas.apply_message(0, [offer(1, 0, 1.0), renamed], &mut rows, |_, _| {});
-        deltas.flush(&mut rows);
-        let names: Vec<_> = rows.iter().map(|r| &*r.device_name).collect();
-        assert_eq!(names, vec!["Test Device", "Renamed"]);
+        let renamed = |time| Offer { device_name: "Renamed", ..offer(1, time, 2.0) };
+        let original = |time| offer(1, time, 2.0);
+        deltas.apply_message(0, [offer(1, 0, 1.0), renamed(MINUTE), original(2 * MINUTE), renamed(3 * MINUTE)], |_, _| {});
+        deltas.flush();
+        let names: Vec<_> = rows_of(&mut deltas).into_iter().map(|r| r.device_name).collect();
+        assert_eq!(names, vec!["Test Device", "Renamed", "Test Device", "Renamed"]);
+        assert_eq!(deltas.names.spans.len(), 3, "flipping names are stored once each");
     }
 }

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use crate::dead_letter::{DeadLetter, Origin};
-use crate::deltas::{Deltas, Offer, Outcome, Row};
+use crate::deltas::{DayRows, Deltas, Offer, Outcome};
 use crate::reading::{self, DecodedBlock, DecodedMessage, Limits};
 use crate::reason::Reason;
 use crate::sink::{ParquetSink, SinkError};
@@ -46,7 +46,8 @@ pub struct PipelineOptions {
 /// The rows and dead letters of one epoch.
 #[derive(Debug, Default)]
 pub struct EpochContent {
-    pub rows: Vec<Row>,
+    /// Rows by UTC day, each sorted by (device_id, time).
+    pub days: Vec<DayRows>,
     pub dead_letters: Vec<DeadLetter>,
 }
 
@@ -54,7 +55,7 @@ pub struct EpochContent {
 #[derive(Debug)]
 pub struct Processor {
     deltas: Deltas,
-    epoch: EpochContent,
+    dead_letters: Vec<DeadLetter>,
     readings_in_epoch: u64,
     epoch_readings: u64,
     /// Counters so far; rows/files/bytes are added by whoever uploads the epoch.
@@ -65,7 +66,7 @@ impl Processor {
     pub fn new(options: &PipelineOptions) -> Self {
         Processor {
             deltas: Deltas::new(options.allowed_lateness),
-            epoch: EpochContent::default(),
+            dead_letters: Vec::new(),
             readings_in_epoch: 0,
             epoch_readings: options.epoch_readings.max(1),
             summary: Summary::default(),
@@ -82,7 +83,7 @@ impl Processor {
         origin: impl Fn(u64) -> Origin,
     ) {
         let summary = &mut self.summary;
-        let dead_letters = &mut self.epoch.dead_letters;
+        let dead_letters = &mut self.dead_letters;
         summary.messages += 1;
         summary.readings += u64::from(message.measurement_count);
         self.readings_in_epoch += u64::from(message.measurement_count);
@@ -104,7 +105,7 @@ impl Processor {
             index: r.index,
         });
         self.deltas
-            .apply_message(partition, offers, &mut self.epoch.rows, |offer, outcome| {
+            .apply_message(partition, offers, |offer, outcome| {
                 let (reason, detail) = match outcome {
                     Outcome::Accepted => return,
                     Outcome::Duplicate => {
@@ -136,7 +137,7 @@ impl Processor {
                     detail,
                     source: origin(message.position),
                     index: Some(offer.index),
-                    record: reading::element_text(&block.bytes[message.bytes.clone()], offer.index)
+                    record: reading::element_text(&block.bytes()[message.bytes.clone()], offer.index)
                         .unwrap_or_default(),
                 });
             });
@@ -151,14 +152,17 @@ impl Processor {
     /// end of a finite input) is emitted into it.
     pub fn take_epoch(&mut self, end_of_input: bool) -> EpochContent {
         if end_of_input {
-            self.deltas.flush(&mut self.epoch.rows);
+            self.deltas.flush();
         } else {
-            self.deltas.emit_ready(&mut self.epoch.rows);
+            self.deltas.emit_ready();
         }
         self.readings_in_epoch = 0;
         self.summary.counter_resets = self.deltas.counters().counter_resets;
         self.summary.devices = self.deltas.device_count() as u64;
-        std::mem::take(&mut self.epoch)
+        EpochContent {
+            days: self.deltas.take_rows(),
+            dead_letters: std::mem::take(&mut self.dead_letters),
+        }
     }
 }
 
@@ -188,7 +192,10 @@ pub fn transform(
 
     let mut processor = Processor::new(options);
     let mut epoch = 0u64;
+    let (mut wait, mut apply) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let mut t = Instant::now();
     for decoded in receiver {
+        wait += t.elapsed(); t = Instant::now();
         let DecodedInput { input, block } = decoded?;
         for message in &block.messages {
             processor.apply(&block, message, 0, |line| Origin::File {
@@ -201,9 +208,12 @@ pub fn transform(
             }
         }
         on_progress(&processor.summary);
+        apply += t.elapsed(); t = Instant::now();
     }
+    eprintln!("wait {wait:?} apply {apply:?} at {:?}", started.elapsed());
     reader.join().map_err(|_| PipelineError::ReaderPanicked)?;
     write_epoch(sink, runtime, epoch, &mut processor, true)?;
+    eprintln!("written at {:?}", started.elapsed());
     processor.summary.elapsed = started.elapsed();
     Ok(processor.summary)
 }
@@ -216,8 +226,11 @@ fn write_epoch(
     processor: &mut Processor,
     end_of_input: bool,
 ) -> Result<(), SinkError> {
-    let mut content = processor.take_epoch(end_of_input);
-    let mut files = sink.encode_epoch(epoch, &mut content.rows)?;
+    let t = Instant::now();
+    let content = processor.take_epoch(end_of_input);
+    eprintln!("take {:?}", t.elapsed());
+    let mut files = sink.encode_epoch(epoch, content.days)?;
+    eprintln!("encode {:?}", t.elapsed());
     files.extend(ParquetSink::encode_dead_letters(epoch, &content.dead_letters));
     let _span = tracing::info_span!("epoch", epoch).entered();
     let written = runtime.block_on(sink.upload(files))?;

@@ -1,10 +1,12 @@
 //! Decoding one input message into validated readings and rejections (DESIGN §2).
 //!
-//! The fast path deserializes the whole message in one typed, borrowed pass in which no field
-//! can fail: every value is summarised as a [`Scalar`] and judged afterwards, so one bad reading
-//! never costs its neighbours. Only when something is wrong does the slow path run: it walks the
-//! message again through `RawValue`s, which keeps each bad element's original text for its dead
-//! letter and survives numbers serde_json cannot represent (such as `1e400`).
+//! The fast path deserializes the whole message in one strictly typed, borrowed pass (serde
+//! derive: the fastest serde_json can go). Anything unusual — a wrong type, a missing or
+//! repeated field, a rule broken — makes it give up, and the slow path walks the message again
+//! through `RawValue`s with lenient [`Scalar`] fields that cannot fail, so one bad reading never
+//! costs its neighbours, each bad element keeps its original text for its dead letter, and
+//! numbers serde_json cannot represent (such as `1e400`) are attributed to their field. Both
+//! paths judge fields with the same [`Element::validate`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -71,12 +73,12 @@ pub struct DecodedMessage {
     pub rejected: Range<usize>,
 }
 
-/// Input bytes holding whole messages, decoded together; names point into `bytes` or
+/// Input bytes holding whole messages, decoded together; names point into `input` or
 /// `unescaped`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DecodedBlock {
-    pub bytes: Vec<u8>,
-    pub unescaped: String,
+    input: BlockText,
+    unescaped: String,
     pub messages: Vec<DecodedMessage>,
     pub readings: Vec<Reading>,
     pub rejected: Vec<Rejected>,
@@ -86,18 +88,25 @@ impl DecodedBlock {
     /// Takes ownership of input bytes; messages are added with [`DecodedBlock::decode`].
     pub fn new(bytes: Vec<u8>) -> Self {
         DecodedBlock {
-            bytes,
-            ..DecodedBlock::default()
+            input: BlockText::new(bytes),
+            unescaped: String::new(),
+            messages: Vec::new(),
+            readings: Vec::new(),
+            rejected: Vec::new(),
         }
+    }
+
+    /// The block's input bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.input.as_bytes()
     }
 
     /// The text of a decoded name.
     pub fn text(&self, span: TextSpan) -> &str {
         match span {
             TextSpan::Input { start, len } => {
-                let range = start as usize..(start + len) as usize;
-                // Spans are made only from `str`s borrowed out of these bytes.
-                std::str::from_utf8(&self.bytes[range]).unwrap_or_default()
+                // Spans are made only from `str`s borrowed out of the input, so this is text.
+                self.input.str(start as usize..(start + len) as usize).unwrap_or_default()
             }
             TextSpan::Unescaped { start, len } => {
                 &self.unescaped[start as usize..(start + len) as usize]
@@ -110,7 +119,7 @@ impl DecodedBlock {
         let readings_start = self.readings.len();
         let rejected_start = self.rejected.len();
         let mut out = Output {
-            base: &self.bytes,
+            base: &self.input,
             readings: &mut self.readings,
             rejected: &mut self.rejected,
             unescaped: &mut self.unescaped,
@@ -126,9 +135,41 @@ impl DecodedBlock {
     }
 }
 
+/// A block's bytes, kept as a `String` when they are valid UTF-8 (practically always), so
+/// messages and names are sliced without validating each string again.
+#[derive(Debug)]
+enum BlockText {
+    Utf8(String),
+    Bytes(Vec<u8>),
+}
+
+impl BlockText {
+    fn new(bytes: Vec<u8>) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(text) => BlockText::Utf8(text),
+            Err(error) => BlockText::Bytes(error.into_bytes()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            BlockText::Utf8(text) => text.as_bytes(),
+            BlockText::Bytes(bytes) => bytes,
+        }
+    }
+
+    /// The range as text, if it is text (ranges cut at ASCII bytes always are in UTF-8 input).
+    fn str(&self, range: Range<usize>) -> Option<&str> {
+        match self {
+            BlockText::Utf8(text) => text.get(range),
+            BlockText::Bytes(bytes) => std::str::from_utf8(bytes.get(range)?).ok(),
+        }
+    }
+}
+
 /// The block's growing vectors while one message is decoded.
 struct Output<'b> {
-    base: &'b [u8],
+    base: &'b BlockText,
     readings: &'b mut Vec<Reading>,
     rejected: &'b mut Vec<Rejected>,
     unescaped: &'b mut String,
@@ -137,15 +178,20 @@ struct Output<'b> {
 impl<'b> Output<'b> {
     fn decode(&mut self, range: Range<usize>, limits: &Limits) -> u32 {
         let base = self.base;
-        let text = &base[range];
+        let text = &base.as_bytes()[range.clone()];
         let saved = (self.readings.len(), self.unescaped.len());
-        if let Ok(message) = serde_json::from_slice::<FastMessage<'b>>(text) {
+        // serde_json's str reader skips the per-string UTF-8 checks the slice reader needs.
+        let fast = match base.str(range) {
+            Some(text) => serde_json::from_str::<FastMessage<'b>>(text),
+            None => serde_json::from_slice::<FastMessage<'b>>(text),
+        };
+        if let Ok(message) = fast {
             let count = message.measurements.len() as u32;
             let all_valid = message
                 .measurements
                 .into_iter()
                 .enumerate()
-                .all(|(index, element)| match element.validate(limits) {
+                .all(|(index, reading)| match Element::from(reading).validate(limits) {
                     Ok(valid) => {
                         self.push(valid, index as u32);
                         true
@@ -203,7 +249,7 @@ impl<'b> Output<'b> {
     }
 
     fn span_of(&mut self, name: Cow<'b, str>) -> TextSpan {
-        let base = self.base.as_ptr_range();
+        let base = self.base.as_bytes().as_ptr_range();
         if let Cow::Borrowed(s) = name {
             let ptr = s.as_ptr();
             if base.contains(&ptr) || (s.is_empty() && ptr == base.end) {
@@ -250,11 +296,67 @@ pub fn element_text(message: &[u8], index: u32) -> Option<String> {
     elements.get(index as usize).map(|raw| raw.get().to_owned())
 }
 
-/// The fast path's view of a message; unknown top-level fields are skipped.
+/// The fast path's view of a message; unknown fields are skipped, anything else unusual is
+/// an error that sends the message to the slow path.
 #[derive(Deserialize)]
 struct FastMessage<'a> {
     #[serde(borrow)]
-    measurements: Vec<Element<'a>>,
+    measurements: Vec<FastReading<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FastReading<'a> {
+    device_id: i64,
+    #[serde(borrow)]
+    device_name: Cow<'a, str>,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    cumulative_energy: Number,
+}
+
+/// A JSON number as serde_json read it, so the fast path keeps integer vs float apart exactly
+/// as [`Scalar`] does.
+enum Number {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+}
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumberVisitor;
+        impl Visitor<'_> for NumberVisitor {
+            type Value = Number;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+                Ok(Number::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+                Ok(Number::UInt(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+                Ok(Number::Float(v))
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor)
+    }
+}
+
+impl<'a> From<FastReading<'a>> for Element<'a> {
+    fn from(reading: FastReading<'a>) -> Self {
+        Element::Fields(RawFields {
+            device_id: Some(Scalar::Int(reading.device_id)),
+            device_name: Some(Scalar::Str(reading.device_name)),
+            time: Some(Scalar::Str(reading.time)),
+            cumulative_energy: Some(match reading.cumulative_energy {
+                Number::Int(v) => Scalar::Int(v),
+                Number::UInt(v) => Scalar::UInt(v),
+                Number::Float(v) => Scalar::Float(v),
+            }),
+        })
+    }
 }
 
 /// One element of `measurements`, before any rule is applied.

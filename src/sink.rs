@@ -4,6 +4,7 @@
 //! `object_store`. Each object is written with one `put`, which is atomic on S3 and on the local
 //! file system (temp file + rename): a reader never sees a half-written file.
 
+use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -16,10 +17,9 @@ use rayon::prelude::*;
 
 use crate::batch;
 use crate::dead_letter::DeadLetter;
-use crate::deltas::Row;
+use crate::deltas::DayRows;
 use crate::layout;
 use crate::store::Location;
-use crate::timestamp::MICROS_PER_DAY;
 
 /// Errors writing output; all are operational (the run cannot continue).
 #[derive(Debug, thiserror::Error)]
@@ -115,36 +115,41 @@ impl ParquetSink {
         &self.location
     }
 
-    /// Sorts an epoch's rows by (date, device_id, time) and encodes one Parquet file per date
-    /// and `rows_per_file` rows, in parallel. Rows of one epoch never repeat a (device, time).
-    pub fn encode_epoch(&self, epoch: u64, rows: &mut [Row]) -> Result<Vec<EncodedFile>, SinkError> {
-        rows.par_sort_unstable_by_key(|r| (r.time.div_euclid(MICROS_PER_DAY), r.device_id, r.time));
+    /// Encodes an epoch's rows (already grouped by day and sorted by (device_id, time)) as
+    /// one Parquet file per day and `rows_per_file` rows, in parallel.
+    pub fn encode_epoch(&self, epoch: u64, days: Vec<DayRows>) -> Result<Vec<EncodedFile>, SinkError> {
         let mut plan = Vec::new();
-        for day in rows.chunk_by(|a, b| a.time.div_euclid(MICROS_PER_DAY) == b.time.div_euclid(MICROS_PER_DAY)) {
-            for (writer, chunk) in day.chunks(self.options.rows_per_file.max(1)).enumerate() {
-                plan.push((layout::data_file(chunk[0].time, epoch, writer), chunk));
+        for day in days {
+            let first_time = day.time.first().copied().unwrap_or_default();
+            let whole = batch::to_record_batch(day).map_err(|e| SinkError::Encode {
+                path: layout::data_file(first_time, epoch, 0),
+                source: e.into(),
+            })?;
+            let per_file = self.options.rows_per_file.max(1);
+            for (writer, offset) in (0..whole.num_rows()).step_by(per_file).enumerate() {
+                let part = whole.slice(offset, per_file.min(whole.num_rows() - offset));
+                plan.push((layout::data_file(first_time, epoch, writer), part));
             }
         }
         plan.into_par_iter()
-            .map(|(relative, chunk)| self.encode(relative, chunk))
+            .map(|(relative, part)| self.encode(relative, &part))
             .collect()
     }
 
-    fn encode(&self, relative: String, rows: &[Row]) -> Result<EncodedFile, SinkError> {
+    fn encode(&self, relative: String, part: &RecordBatch) -> Result<EncodedFile, SinkError> {
         let fail = |source| SinkError::Encode {
             path: relative.clone(),
             source,
         };
-        let record_batch = batch::to_record_batch(rows).map_err(|e| fail(e.into()))?;
-        let mut buffer = Vec::with_capacity(rows.len() * 6);
+        let mut buffer = Vec::with_capacity(part.num_rows() * 4);
         let mut writer = ArrowWriter::try_new(&mut buffer, batch::schema(), Some(self.properties.clone()))
             .map_err(fail)?;
-        writer.write(&record_batch).map_err(fail)?;
+        writer.write(part).map_err(fail)?;
         writer.close().map_err(fail)?;
         Ok(EncodedFile {
             relative,
             bytes: Bytes::from(buffer),
-            rows: rows.len(),
+            rows: part.num_rows(),
         })
     }
 

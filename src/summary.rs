@@ -47,27 +47,28 @@ impl Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rate = self.readings_per_second();
-        writeln!(f, "  messages        {:>12}", self.messages)?;
-        writeln!(f, "  readings        {:>12}", self.readings)?;
+        writeln!(f, "  {:<20}{:>12}", "messages", self.messages)?;
+        writeln!(f, "  {:<20}{:>12}", "readings", self.readings)?;
         writeln!(
             f,
-            "  rows            {:>12}   in {} Parquet files, {:.1} MB",
+            "  {:<20}{:>12}   in {} Parquet files, {:.1} MB",
+            "rows",
             self.rows,
             self.files,
             self.bytes as f64 / 1e6
         )?;
-        writeln!(f, "  devices         {:>12}", self.devices)?;
-        writeln!(f, "  duplicates      {:>12}", self.duplicates)?;
-        writeln!(f, "  counter resets  {:>12}", self.counter_resets)?;
-        writeln!(f, "  dead letters    {:>12}", self.dead_letter_total())?;
+        writeln!(f, "  {:<20}{:>12}", "devices", self.devices)?;
+        writeln!(f, "  {:<20}{:>12}", "duplicates", self.duplicates)?;
+        writeln!(f, "  {:<20}{:>12}", "counter resets", self.counter_resets)?;
+        writeln!(f, "  {:<20}{:>12}", "dead letters", self.dead_letter_total())?;
         for reason in Reason::ALL {
             let count = self.dead_letters_for(reason);
             if count > 0 {
-                writeln!(f, "    {:<22}{:>10}", reason.code(), count)?;
+                writeln!(f, "    {:<22}{:>8}", reason.code(), count)?;
             }
         }
-        writeln!(f, "  seconds         {:>12.3}", self.elapsed.as_secs_f64())?;
-        write!(f, "  readings/s      {:>12.0}", rate)
+        writeln!(f, "  {:<20}{:>12.3}", "seconds", self.elapsed.as_secs_f64())?;
+        write!(f, "  {:<20}{:>12.0}", "readings/s", rate)
     }
 }
 
@@ -80,7 +81,7 @@ mod tests {
         let mut summary = Summary { readings: 10, elapsed: Duration::from_secs(2), ..Summary::default() };
         summary.dead_letters[Reason::Late.index()] = 3;
         let text = summary.to_string();
-        assert!(text.contains("late") && text.contains("dead letters               3"));
+        assert!(text.contains("late") && text.contains("dead letters                   3"));
         assert!(!text.contains("invalid_json"));
         assert_eq!(summary.readings_per_second(), 5.0);
     }

@@ -1,0 +1,127 @@
+//! The `meterflow` binary end to end: transform with bad lines, generate, inspect, exit codes.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn meterflow() -> Command {
+    Command::cargo_bin("meterflow").expect("binary is built")
+}
+
+const INPUT: &str = r#"{"measurements": [{"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 120.12}, {"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:20:00Z", "cumulative_energy": 122.45}]}
+this line is not json
+
+{"readings": []}
+{"measurements": [{"device_id": "7", "device_name": "x", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 1}, {"device_id": 7, "device_name": "Seven", "time": "2022-07-11T10:15:00+08:00", "cumulative_energy": 1}]}
+{"measurements": [{"device_id": 7, "device_name": "Seven", "time": "2022-07-12T00:00:00Z", "cumulative_energy": 0.5}, {"device_id": 7, "device_name": "Seven", "time": "2022-07-12T00:00:00Z", "cumulative_energy": 0.5}]}
+"#;
+
+fn read_dead_letters(dir: &Path) -> Vec<serde_json::Value> {
+    let mut letters = Vec::new();
+    for entry in std::fs::read_dir(dir.join("_dead_letter")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        letters.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+    }
+    letters
+}
+
+#[test]
+fn transform_writes_rows_and_dead_letters_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, INPUT).unwrap();
+    let output = dir.path().join("out");
+
+    meterflow()
+        .args(["transform", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .args(["--processing-time", "2022-07-13T00:00:00Z"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("rows").and(predicate::str::contains("invalid_json")));
+
+    // Two dates, one file each.
+    assert!(output.join("date=2022-07-11/part-00000000-0000.parquet").is_file());
+    assert!(output.join("date=2022-07-12/part-00000000-0000.parquet").is_file());
+
+    let letters = read_dead_letters(&output);
+    let mut got: Vec<(String, u64, serde_json::Value)> = letters
+        .iter()
+        .map(|l| (l["reason"].as_str().unwrap().to_owned(), l["source"]["line"].as_u64().unwrap(), l["index"].clone()))
+        .collect();
+    got.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    assert_eq!(
+        got,
+        vec![
+            ("invalid_json".into(), 2, serde_json::Value::Null),
+            ("missing_measurements".into(), 4, serde_json::Value::Null),
+            ("invalid_device_id".into(), 5, serde_json::json!(0)),
+        ]
+    );
+    let bad_id = letters.iter().find(|l| l["reason"] == "invalid_device_id").unwrap();
+    assert_eq!(bad_id["source"]["file"], input.display().to_string());
+    assert!(bad_id["record"].as_str().unwrap().contains(r#""device_id": "7""#));
+
+    let shown = meterflow().arg("inspect").arg(&output).assert().success();
+    let stdout = String::from_utf8(shown.get_output().stdout.clone()).unwrap();
+    assert!(stdout.contains("Total rows: 4"), "{stdout}");
+    assert!(stdout.contains("Dead letters: 3"), "{stdout}");
+    assert!(stdout.contains("| 123456    | Test Device | 2022-07-11T02:20:00Z | 5.0      | 2.33         |"), "{stdout}");
+    assert!(stdout.contains("REQUIRED INT64 time (TIMESTAMP(MICROS,true))"), "{stdout}");
+}
+
+#[test]
+fn existing_output_needs_overwrite_and_unreadable_input_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, INPUT).unwrap();
+    let output = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut command = meterflow();
+        command.args(["transform", "--input"]).arg(&input).arg("--output").arg(&output).args(extra);
+        command.assert()
+    };
+    run(&[]).success();
+    run(&[]).failure().stderr(predicate::str::contains("--overwrite"));
+    run(&["--overwrite"]).success();
+
+    meterflow()
+        .args(["transform", "--input", "/nonexistent/x.jsonl", "--output"])
+        .arg(dir.path().join("other"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("cannot open input /nonexistent/x.jsonl"));
+}
+
+#[test]
+fn stdin_input_and_gzip_generate_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = dir.path().join("fleet.jsonl.gz");
+    meterflow()
+        .args(["generate", "--devices", "5", "--hours", "1", "--seed", "3", "--fault-rate", "0", "--duplicate-rate", "0", "--output"])
+        .arg(&generated)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("60 readings"));
+    let output = dir.path().join("out");
+    meterflow()
+        .args(["transform", "--input"])
+        .arg(&generated)
+        .arg("--output")
+        .arg(&output)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("rows                          60"));
+
+    let piped = dir.path().join("piped");
+    meterflow()
+        .args(["transform", "--input", "-", "--output"])
+        .arg(&piped)
+        .write_stdin(INPUT)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("rows                           4"));
+}
