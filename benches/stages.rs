@@ -27,7 +27,9 @@ fn fleet() -> (Vec<u8>, u64) {
 }
 
 fn decode_all(bytes: &[u8]) -> DecodedBlock {
-    let limits = Limits { latest_time: i64::MAX };
+    let limits = Limits {
+        latest_time: i64::MAX,
+    };
     let mut block = DecodedBlock::new(bytes.to_vec());
     let mut start = 0;
     for (line, end) in memchr::memchr_iter(b'\n', bytes).enumerate() {
@@ -48,13 +50,15 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             let mut deltas = Deltas::new(10 * MICROS_PER_MINUTE);
             for message in &block.messages {
-                let offers = block.readings[message.readings.clone()].iter().map(|r| Offer {
-                    device_id: r.device_id,
-                    time: r.time,
-                    cumulative_energy: r.cumulative_energy,
-                    device_name: block.text(r.name),
-                    index: r.index,
-                });
+                let offers = block.readings[message.readings.clone()]
+                    .iter()
+                    .map(|r| Offer {
+                        device_id: r.device_id,
+                        time: r.time,
+                        cumulative_energy: r.cumulative_energy,
+                        device_name: block.text(r.name),
+                        index: r.index,
+                    });
                 deltas.apply_message(0, offers, |_, _| {});
             }
             deltas.flush();

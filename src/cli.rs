@@ -58,7 +58,11 @@ pub enum CliError {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "meterflow", version, about = "Energy-meter batches → exact-schema Parquet")]
+#[command(
+    name = "meterflow",
+    version,
+    about = "Energy-meter batches → exact-schema Parquet"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -163,6 +167,9 @@ pub struct GenerateArgs {
     /// Devices per message (one gateway's meters).
     #[arg(long, default_value_t = 8)]
     pub devices_per_message: u32,
+    /// Append the DESIGN seed example (device 123456) as the last message.
+    #[arg(long)]
+    pub with_seed_example: bool,
     /// Output file (`.gz`/`.zst` compressed; `-` is stdout).
     #[arg(long)]
     pub output: String,
@@ -216,7 +223,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Inspect(args) => {
             let (location, only) = inspect_target(&args)?;
-            let inspection = runtime.block_on(inspect::inspect(&location, only.as_ref(), args.rows))?;
+            let inspection =
+                runtime.block_on(inspect::inspect(&location, only.as_ref(), args.rows))?;
             print!("{}", render_inspection(&inspection)?);
             Ok(())
         }
@@ -225,7 +233,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// `transform`: validates flags, prepares the output, runs the file pipeline.
-pub fn transform(args: &TransformArgs, runtime: &tokio::runtime::Runtime) -> Result<Summary, CliError> {
+pub fn transform(
+    args: &TransformArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Summary, CliError> {
     let processing_time = match &args.processing_time {
         Some(text) => timestamp::parse_micros(text).map_err(|why| CliError::ProcessingTime {
             text: text.clone(),
@@ -262,7 +273,8 @@ pub fn transform(args: &TransformArgs, runtime: &tokio::runtime::Runtime) -> Res
     }
     let inputs: Vec<Input> = args.input.iter().map(|i| Input::parse(i)).collect();
     let progress = ProgressBar::new_spinner().with_style(
-        ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     let summary = pipeline::transform(inputs, &sink, runtime.handle(), &options, |s| {
         progress.set_message(format!("{} messages, {} readings", s.messages, s.readings));
@@ -298,7 +310,12 @@ pub fn generate_file(args: &GenerateArgs) -> Result<GenerateStats, CliError> {
         source,
     };
     let mut out = open_output(&args.output).map_err(fail)?;
-    let stats = generate::generate(&options, &mut out).map_err(fail)?;
+    let mut stats = generate::generate(&options, &mut out).map_err(fail)?;
+    if args.with_seed_example {
+        writeln!(out, "{SEED_EXAMPLE}").map_err(fail)?;
+        stats.messages += 1;
+        stats.readings += 2;
+    }
     out.flush().map_err(fail)?;
     Ok(stats)
 }
@@ -308,12 +325,18 @@ fn open_output(path: &str) -> io::Result<Box<dyn Write>> {
     if path == "-" {
         return Ok(Box::new(BufWriter::new(io::stdout().lock())));
     }
-    if let Some(parent) = FsPath::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = FsPath::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent)?;
     }
     let file = BufWriter::with_capacity(1 << 20, File::create(path)?);
     Ok(if path.ends_with(".gz") {
-        Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()))
+        Box::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ))
     } else if path.ends_with(".zst") {
         Box::new(zstd::Encoder::new(file, 3)?.auto_finish())
     } else {
@@ -322,12 +345,20 @@ fn open_output(path: &str) -> io::Result<Box<dyn Write>> {
 }
 
 /// A location plus, for a single local file, that file.
-fn inspect_target(args: &InspectArgs) -> Result<(store::Location, Option<object_store::path::Path>), CliError> {
+fn inspect_target(
+    args: &InspectArgs,
+) -> Result<(store::Location, Option<object_store::path::Path>), CliError> {
     let path = FsPath::new(&args.location);
     if !args.location.contains("://") && path.is_file() {
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(FsPath::new("."));
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(FsPath::new("."));
         let location = store::open(&parent.to_string_lossy(), &args.s3.options())?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let only = location.child(&name);
         return Ok((location, Some(only)));
     }
@@ -341,7 +372,10 @@ pub fn render_inspection(inspection: &Inspection) -> Result<String, CliError> {
     text.push_str(&inspection.parquet_schema);
     text.push_str(&format!("\nFiles ({}):\n", inspection.files.len()));
     for file in &inspection.files {
-        text.push_str(&format!("  {:<56} {:>10} rows {:>12} bytes\n", file.path, file.rows, file.bytes));
+        text.push_str(&format!(
+            "  {:<56} {:>10} rows {:>12} bytes\n",
+            file.path, file.rows, file.bytes
+        ));
     }
     text.push_str(&format!(
         "Total rows: {}\nDead letters: {}\nFirst rows:\n{}\n",
@@ -357,8 +391,12 @@ pub const SEED_EXAMPLE: &str = r#"{"measurements": [{"device_id": 123456, "devic
 
 /// `demo`: generate, transform, show.
 fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliError> {
-    let input = args.dir.join("_input").join("readings.jsonl");
-    let input_text = input.to_string_lossy().into_owned();
+    let input_text = args
+        .dir
+        .join("_input")
+        .join("readings.jsonl")
+        .to_string_lossy()
+        .into_owned();
     let output = args.dir.to_string_lossy().into_owned();
     let stats = generate_file(&GenerateArgs {
         devices: args.devices,
@@ -370,15 +408,11 @@ fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliErr
         duplicate_rate: 0.002,
         start: "2022-07-11T00:00:00Z".into(),
         devices_per_message: 8,
+        with_seed_example: true,
         output: input_text.clone(),
     })?;
-    let append = || -> io::Result<()> {
-        let mut file = std::fs::OpenOptions::new().append(true).open(&input)?;
-        writeln!(file, "{SEED_EXAMPLE}")
-    };
-    append().map_err(|source| CliError::Output { path: input_text.clone(), source })?;
     println!(
-        "Generated {} devices × {} h: {} messages, {} readings (+ the seed example) → {input_text}\n",
+        "Generated {} devices × {} h: {} messages, {} readings (with the seed example) → {input_text}\n",
         args.devices, args.hours, stats.messages, stats.readings
     );
 

@@ -51,7 +51,10 @@ mod tests {
         let letter = DeadLetter {
             reason: Reason::InvalidTime,
             detail: "bad".into(),
-            source: Origin::File { file: "in.jsonl".into(), line: 3 },
+            source: Origin::File {
+                file: "in.jsonl".into(),
+                line: 3,
+            },
             index: Some(1),
             record: r#"{"time":"x"}"#.into(),
         };
@@ -61,12 +64,19 @@ mod tests {
             serde_json::json!({"reason":"invalid_time","detail":"bad","source":{"file":"in.jsonl","line":3},"index":1,"record":"{\"time\":\"x\"}"})
         );
         let kafka = DeadLetter {
-            source: Origin::Kafka { topic: "t".into(), partition: 2, offset: 9 },
+            source: Origin::Kafka {
+                topic: "t".into(),
+                partition: 2,
+                offset: 9,
+            },
             index: None,
             ..letter
         };
         let value: serde_json::Value = serde_json::from_str(&kafka.to_json_line()).unwrap();
-        assert_eq!(value["source"], serde_json::json!({"topic":"t","partition":2,"offset":9}));
+        assert_eq!(
+            value["source"],
+            serde_json::json!({"topic":"t","partition":2,"offset":9})
+        );
         assert!(value["index"].is_null());
     }
 }

@@ -103,9 +103,13 @@ pub enum Outcome {
     /// Same device, time and energy as an accepted reading: dropped, counted.
     Duplicate,
     /// Same device and time as an accepted reading, different energy: dead letter.
-    ConflictingDuplicate { accepted_energy: f64 },
+    ConflictingDuplicate {
+        accepted_energy: f64,
+    },
     /// Older than the device's last emitted reading: dead letter.
-    Late { last_emitted: i64 },
+    Late {
+        last_emitted: i64,
+    },
 }
 
 /// Counters the state machine keeps itself, since only it sees emission.
@@ -226,7 +230,9 @@ impl Deltas {
         let mut latest: Option<i64> = None;
         for offer in readings {
             match self.offer(&offer, watermark) {
-                Outcome::Accepted => latest = Some(latest.map_or(offer.time, |t| t.max(offer.time))),
+                Outcome::Accepted => {
+                    latest = Some(latest.map_or(offer.time, |t| t.max(offer.time)))
+                }
                 outcome => rejected(&offer, outcome),
             }
         }
@@ -297,9 +303,11 @@ impl Deltas {
     pub fn take_rows(&mut self) -> Vec<DayRows> {
         if self.order.len() != self.devices.len() {
             let devices = &self.devices;
-            self.order.extend(self.order.len() as u32..devices.len() as u32);
+            self.order
+                .extend(self.order.len() as u32..devices.len() as u32);
             // Stable sort: the old prefix is sorted, so this is one merge of two runs.
-            self.order.sort_by_key(|&slot| devices[slot as usize].device_id);
+            self.order
+                .sort_by_key(|&slot| devices[slot as usize].device_id);
         }
         let mut days: Vec<DayRows> = Vec::new();
         for &slot in &self.order {
@@ -422,13 +430,28 @@ mod tests {
     fn seed_example_gives_the_documented_rows() {
         let t0 = parse_micros("2022-07-11T02:15:00Z").unwrap();
         let t1 = parse_micros("2022-07-11T02:20:00Z").unwrap();
-        let (rows, rejected) = run(10 * MINUTE, &[vec![offer(123456, t0, 120.12), offer(123456, t1, 122.45)]]);
+        let (rows, rejected) = run(
+            10 * MINUTE,
+            &[vec![offer(123456, t0, 120.12), offer(123456, t1, 122.45)]],
+        );
         assert!(rejected.is_empty());
         assert_eq!(
             rows,
             vec![
-                Row { device_id: 123456, device_name: "Test Device".into(), time: t0, duration: None, delta_energy: None },
-                Row { device_id: 123456, device_name: "Test Device".into(), time: t1, duration: Some(5.0), delta_energy: Some(2.33f32) },
+                Row {
+                    device_id: 123456,
+                    device_name: "Test Device".into(),
+                    time: t0,
+                    duration: None,
+                    delta_energy: None
+                },
+                Row {
+                    device_id: 123456,
+                    device_name: "Test Device".into(),
+                    time: t1,
+                    duration: Some(5.0),
+                    delta_energy: Some(2.33f32)
+                },
             ]
         );
         // f64 subtraction then one rounding to f32, as the contract says.
@@ -437,9 +460,19 @@ mod tests {
 
     #[test]
     fn counter_reset_nulls_the_delta_and_rebases() {
-        let (rows, _) = run(0, &[vec![offer(1, 0, 100.0), offer(1, MINUTE, 3.0), offer(1, 3 * MINUTE, 4.5)]]);
+        let (rows, _) = run(
+            0,
+            &[vec![
+                offer(1, 0, 100.0),
+                offer(1, MINUTE, 3.0),
+                offer(1, 3 * MINUTE, 4.5),
+            ]],
+        );
         let deltas: Vec<_> = rows.iter().map(|r| (r.duration, r.delta_energy)).collect();
-        assert_eq!(deltas, vec![(None, None), (Some(1.0), None), (Some(2.0), Some(1.5))]);
+        assert_eq!(
+            deltas,
+            vec![(None, None), (Some(1.0), None), (Some(2.0), Some(1.5))]
+        );
         let mut state = Deltas::new(0);
         state.apply_message(0, [offer(1, 0, 5.0), offer(1, MINUTE, 1.0)], |_, _| {});
         state.flush();
@@ -460,14 +493,34 @@ mod tests {
             &[vec![offer(1, 0, 1.0), offer(1, 0, 1.0), offer(1, 0, 2.0)]],
         );
         assert_eq!(rows.len(), 1);
-        assert_eq!(rejected, vec![Outcome::Duplicate, Outcome::ConflictingDuplicate { accepted_energy: 1.0 }]);
+        assert_eq!(
+            rejected,
+            vec![
+                Outcome::Duplicate,
+                Outcome::ConflictingDuplicate {
+                    accepted_energy: 1.0
+                }
+            ]
+        );
         // Against the last emitted reading, after the watermark passed it.
         let (rows, rejected) = run(
             0,
-            &[vec![offer(1, 0, 1.0)], vec![offer(1, MINUTE, 2.0)], vec![offer(1, MINUTE, 2.0), offer(1, MINUTE, 3.0)]],
+            &[
+                vec![offer(1, 0, 1.0)],
+                vec![offer(1, MINUTE, 2.0)],
+                vec![offer(1, MINUTE, 2.0), offer(1, MINUTE, 3.0)],
+            ],
         );
         assert_eq!(rows.len(), 2);
-        assert_eq!(rejected, vec![Outcome::Duplicate, Outcome::ConflictingDuplicate { accepted_energy: 2.0 }]);
+        assert_eq!(
+            rejected,
+            vec![
+                Outcome::Duplicate,
+                Outcome::ConflictingDuplicate {
+                    accepted_energy: 2.0
+                }
+            ]
+        );
     }
 
     #[test]
@@ -484,7 +537,11 @@ mod tests {
             ],
         );
         assert_eq!(rejected, vec![Outcome::Late { last_emitted: 0 }]);
-        let device1: Vec<_> = rows.iter().filter(|r| r.device_id == 1).map(|r| r.time / MINUTE).collect();
+        let device1: Vec<_> = rows
+            .iter()
+            .filter(|r| r.device_id == 1)
+            .map(|r| r.time / MINUTE)
+            .collect();
         assert_eq!(device1, vec![0, 7, 10]);
         assert!(rows.iter().any(|r| r.device_id == 2));
     }
@@ -494,7 +551,10 @@ mod tests {
         // Watermark after message 1 is 100 min; message 2 holds 200 and then 150 min.
         let (rows, rejected) = run(
             0,
-            &[vec![offer(1, 100 * MINUTE, 1.0)], vec![offer(1, 200 * MINUTE, 3.0), offer(1, 150 * MINUTE, 2.0)]],
+            &[
+                vec![offer(1, 100 * MINUTE, 1.0)],
+                vec![offer(1, 200 * MINUTE, 3.0), offer(1, 150 * MINUTE, 2.0)],
+            ],
         );
         assert!(rejected.is_empty());
         let times: Vec<_> = rows.iter().map(|r| r.time / MINUTE).collect();
@@ -518,29 +578,68 @@ mod tests {
     fn take_rows_groups_by_utc_day_and_sorts_by_device_then_time() {
         let day = crate::timestamp::MICROS_PER_DAY;
         let mut deltas = Deltas::new(0);
-        deltas.apply_message(0, [offer(9, day - MINUTE, 1.0), offer(9, day + MINUTE, 2.0), offer(3, day, 1.0)], |_, _| {});
+        deltas.apply_message(
+            0,
+            [
+                offer(9, day - MINUTE, 1.0),
+                offer(9, day + MINUTE, 2.0),
+                offer(3, day, 1.0),
+            ],
+            |_, _| {},
+        );
         deltas.apply_message(0, [offer(3, -MINUTE, 1.0)], |_, _| {});
         deltas.flush();
         let days = deltas.take_rows();
         let layout: Vec<(i64, Vec<(i32, i64)>)> = days
             .iter()
-            .map(|d| (d.day, d.rows().map(|r| (r.device_id, r.time / MINUTE)).collect()))
+            .map(|d| {
+                (
+                    d.day,
+                    d.rows().map(|r| (r.device_id, r.time / MINUTE)).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             layout,
-            vec![(-1, vec![(3, -1)]), (0, vec![(9, 1439)]), (1, vec![(3, 1440), (9, 1441)])]
+            vec![
+                (-1, vec![(3, -1)]),
+                (0, vec![(9, 1439)]),
+                (1, vec![(3, 1440), (9, 1441)])
+            ]
         );
     }
 
     #[test]
     fn rows_carry_the_name_of_their_own_reading() {
         let mut deltas = Deltas::new(0);
-        let renamed = |time| Offer { device_name: "Renamed", ..offer(1, time, 2.0) };
+        let renamed = |time| Offer {
+            device_name: "Renamed",
+            ..offer(1, time, 2.0)
+        };
         let original = |time| offer(1, time, 2.0);
-        deltas.apply_message(0, [offer(1, 0, 1.0), renamed(MINUTE), original(2 * MINUTE), renamed(3 * MINUTE)], |_, _| {});
+        deltas.apply_message(
+            0,
+            [
+                offer(1, 0, 1.0),
+                renamed(MINUTE),
+                original(2 * MINUTE),
+                renamed(3 * MINUTE),
+            ],
+            |_, _| {},
+        );
         deltas.flush();
-        let names: Vec<_> = rows_of(&mut deltas).into_iter().map(|r| r.device_name).collect();
-        assert_eq!(names, vec!["Test Device", "Renamed", "Test Device", "Renamed"]);
-        assert_eq!(deltas.names.spans.len(), 3, "flipping names are stored once each");
+        let names: Vec<_> = rows_of(&mut deltas)
+            .into_iter()
+            .map(|r| r.device_name)
+            .collect();
+        assert_eq!(
+            names,
+            vec!["Test Device", "Renamed", "Test Device", "Renamed"]
+        );
+        assert_eq!(
+            deltas.names.spans.len(),
+            3,
+            "flipping names are stored once each"
+        );
     }
 }

@@ -50,8 +50,16 @@ pub struct GenerateStats {
 }
 
 const DISTRICTS: [&str; 10] = [
-    "Central", "Wan Chai", "Kowloon Tong", "Mong Kok", "Sha Tin", "Tsuen Wan", "Tuen Mun",
-    "Yuen Long", "Tai Po", "Sai Kung",
+    "Central",
+    "Wan Chai",
+    "Kowloon Tong",
+    "Mong Kok",
+    "Sha Tin",
+    "Tsuen Wan",
+    "Tuen Mun",
+    "Yuen Long",
+    "Tai Po",
+    "Sai Kung",
 ];
 const CHINESE_DISTRICTS: [&str; 4] = ["旺角", "沙田", "中環", "灣仔"];
 /// First generated device id; leaves room below for hand-written examples such as 123456.
@@ -85,13 +93,16 @@ type Queued = Reverse<(i64, u64, String, u64)>;
 /// Writes the fleet's messages as JSON lines to `out`.
 pub fn generate(options: &GenerateOptions, out: &mut impl Write) -> io::Result<GenerateStats> {
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let mut meters: Vec<Meter> = (0..options.devices).map(|i| new_meter(i, &mut rng)).collect();
+    let mut meters: Vec<Meter> = (0..options.devices)
+        .map(|i| new_meter(i, &mut rng))
+        .collect();
     let per_message = options.devices_per_message.max(1) as usize;
     let batching: Vec<u64> = meters
         .chunks(per_message)
         .map(|_| [1, 1, 1, 2, 3][rng.random_range(0..5)])
         .collect();
-    let steps = (options.hours * 60.0 * MICROS_PER_MINUTE as f64 / options.interval.max(1) as f64) as u64;
+    let steps =
+        (options.hours * 60.0 * MICROS_PER_MINUTE as f64 / options.interval.max(1) as f64) as u64;
 
     let mut stats = GenerateStats::default();
     let mut queue: BinaryHeap<Queued> = BinaryHeap::new();
@@ -101,7 +112,9 @@ pub fn generate(options: &GenerateOptions, out: &mut impl Write) -> io::Result<G
         let time = options.start + step as i64 * options.interval;
         for (gateway, group) in meters.chunks_mut(per_message).enumerate() {
             for meter in group.iter_mut() {
-                if let Some((elements, count)) = next_reading(meter, time, options, &mut rng, &mut stats) {
+                if let Some((elements, count)) =
+                    next_reading(meter, time, options, &mut rng, &mut stats)
+                {
                     let (buffer, total) = &mut gateway_buffers[gateway];
                     if !buffer.is_empty() {
                         buffer.push(',');
@@ -140,7 +153,12 @@ pub fn generate(options: &GenerateOptions, out: &mut impl Write) -> io::Result<G
     Ok(stats)
 }
 
-fn write_line(out: &mut impl Write, message: &str, elements: u64, stats: &mut GenerateStats) -> io::Result<()> {
+fn write_line(
+    out: &mut impl Write,
+    message: &str,
+    elements: u64,
+    stats: &mut GenerateStats,
+) -> io::Result<()> {
     stats.messages += 1;
     stats.readings += elements;
     out.write_all(message.as_bytes())?;
@@ -158,9 +176,18 @@ fn jitter(disorder: i64, rng: &mut ChaCha8Rng) -> i64 {
 fn new_meter(index: u32, rng: &mut ChaCha8Rng) -> Meter {
     let id = FIRST_DEVICE_ID + index as i32;
     let name = match rng.random_range(0..100) {
-        0..=4 => format!("{} 電錶 {index:05}", CHINESE_DISTRICTS[rng.random_range(0..4)]),
-        5..=6 => format!("Lab \"{}\" meter {index:05}", (b'A' + rng.random_range(0..26u8)) as char),
-        _ => format!("{} meter {index:05}", DISTRICTS[rng.random_range(0..DISTRICTS.len())]),
+        0..=4 => format!(
+            "{} 電錶 {index:05}",
+            CHINESE_DISTRICTS[rng.random_range(0..4)]
+        ),
+        5..=6 => format!(
+            "Lab \"{}\" meter {index:05}",
+            (b'A' + rng.random_range(0..26u8)) as char
+        ),
+        _ => format!(
+            "{} meter {index:05}",
+            DISTRICTS[rng.random_range(0..DISTRICTS.len())]
+        ),
     };
     let style = match rng.random_range(0..10) {
         0..=6 => TimeStyle::Utc,
@@ -200,7 +227,11 @@ fn next_reading(
     if rng.random_bool(0.001) {
         meter.offline_for = rng.random_range(1..24);
     }
-    let energy = format!("{}.{:02}", meter.counter_centi_kwh / 100, meter.counter_centi_kwh % 100);
+    let energy = format!(
+        "{}.{:02}",
+        meter.counter_centi_kwh / 100,
+        meter.counter_centi_kwh % 100
+    );
     let mut fields = Fields {
         device_id: meter.id.to_string(),
         device_name: serde_json::to_string(&meter.name).unwrap_or_default(),
@@ -212,7 +243,12 @@ fn next_reading(
     }
     stats.faulty_readings += 1;
     match rng.random_range(0..7) {
-        0 => return Some((["\"ERR\"", "42", "null", "[]"][rng.random_range(0..4)].to_owned(), 1)),
+        0 => {
+            return Some((
+                ["\"ERR\"", "42", "null", "[]"][rng.random_range(0..4)].to_owned(),
+                1,
+            ))
+        }
         1 => fields.device_id = format!("\"{}\"", meter.id),
         2 => fields.device_name = "null".into(),
         3 => fields.time = "\"2022-07-11 25:61\"".into(),
@@ -221,7 +257,11 @@ fn next_reading(
         _ => {
             // The real reading, then a conflicting one for the same time.
             let real = fields.render(meter.firmware_field);
-            fields.energy = format!("{}.{:02}", meter.counter_centi_kwh / 100 + 1, meter.counter_centi_kwh % 100);
+            fields.energy = format!(
+                "{}.{:02}",
+                meter.counter_centi_kwh / 100 + 1,
+                meter.counter_centi_kwh % 100
+            );
             return Some((format!("{real},{}", fields.render(false)), 2));
         }
     }
@@ -251,7 +291,12 @@ impl Fields {
 }
 
 /// Wraps elements in a message, or spoils the whole message at a tenth of the fault rate.
-fn finish_message(body: String, options: &GenerateOptions, rng: &mut ChaCha8Rng, stats: &mut GenerateStats) -> String {
+fn finish_message(
+    body: String,
+    options: &GenerateOptions,
+    rng: &mut ChaCha8Rng,
+    stats: &mut GenerateStats,
+) -> String {
     let message = format!("{{\"measurements\":[{body}]}}");
     if !rng.random_bool((options.fault_rate / 10.0).clamp(0.0, 1.0)) {
         return message;
@@ -321,7 +366,10 @@ mod tests {
         let (a, stats) = run(&options());
         let (b, _) = run(&options());
         assert_eq!(a, b);
-        let (c, _) = run(&GenerateOptions { seed: 8, ..options() });
+        let (c, _) = run(&GenerateOptions {
+            seed: 8,
+            ..options()
+        });
         assert_ne!(a, c);
         assert_eq!(a.lines().count() as u64, stats.messages);
         assert!(stats.faulty_readings > 0 && stats.resent_messages > 0);
@@ -330,15 +378,25 @@ mod tests {
     #[test]
     fn times_round_trip_in_every_style() {
         let t = parse_micros("2022-07-11T02:15:00Z").unwrap();
-        for style in [TimeStyle::Utc, TimeStyle::HongKongOffset, TimeStyle::Milliseconds] {
+        for style in [
+            TimeStyle::Utc,
+            TimeStyle::HongKongOffset,
+            TimeStyle::Milliseconds,
+        ] {
             assert_eq!(parse_micros(&format_time(t, style)), Ok(t));
         }
-        assert_eq!(format_time(t, TimeStyle::HongKongOffset), "2022-07-11T10:15:00+08:00");
+        assert_eq!(
+            format_time(t, TimeStyle::HongKongOffset),
+            "2022-07-11T10:15:00+08:00"
+        );
     }
 
     #[test]
     fn without_faults_every_line_is_valid_json_and_counts_agree() {
-        let (text, stats) = run(&GenerateOptions { fault_rate: 0.0, ..options() });
+        let (text, stats) = run(&GenerateOptions {
+            fault_rate: 0.0,
+            ..options()
+        });
         let mut readings = 0;
         for line in text.lines() {
             let value: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -53,7 +53,10 @@ pub struct Inspection {
 }
 
 /// Parquet files under the location (or the one file `only`), in name order.
-async fn parquet_files(location: &Location, only: Option<&Path>) -> Result<Vec<(Path, u64)>, InspectError> {
+async fn parquet_files(
+    location: &Location,
+    only: Option<&Path>,
+) -> Result<Vec<(Path, u64)>, InspectError> {
     let listed: Vec<_> = location
         .store
         .list(Some(&location.prefix))
@@ -78,10 +81,20 @@ async fn get(location: &Location, path: &Path) -> Result<Bytes, InspectError> {
         path: path.to_string(),
         source,
     };
-    location.store.get(path).await.map_err(fail)?.bytes().await.map_err(fail)
+    location
+        .store
+        .get(path)
+        .await
+        .map_err(fail)?
+        .bytes()
+        .await
+        .map_err(fail)
 }
 
-fn reader(path: &Path, bytes: Bytes) -> Result<ParquetRecordBatchReaderBuilder<Bytes>, InspectError> {
+fn reader(
+    path: &Path,
+    bytes: Bytes,
+) -> Result<ParquetRecordBatchReaderBuilder<Bytes>, InspectError> {
     ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|source| InspectError::Parquet {
         path: path.to_string(),
         source,
@@ -89,7 +102,11 @@ fn reader(path: &Path, bytes: Bytes) -> Result<ParquetRecordBatchReaderBuilder<B
 }
 
 /// Looks at every Parquet file under `location` (or only `only`), keeping `rows` first rows.
-pub async fn inspect(location: &Location, only: Option<&Path>, rows: usize) -> Result<Inspection, InspectError> {
+pub async fn inspect(
+    location: &Location,
+    only: Option<&Path>,
+    rows: usize,
+) -> Result<Inspection, InspectError> {
     let files = parquet_files(location, only).await?;
     if files.is_empty() {
         return Err(InspectError::Empty {
@@ -121,7 +138,11 @@ pub async fn inspect(location: &Location, only: Option<&Path>, rows: usize) -> R
                     path: path.to_string(),
                     source,
                 })?;
-            wanted -= batches.iter().map(RecordBatch::num_rows).sum::<usize>().min(wanted);
+            wanted -= batches
+                .iter()
+                .map(RecordBatch::num_rows)
+                .sum::<usize>()
+                .min(wanted);
             inspection.first_rows.extend(batches);
         }
         inspection.total_rows += file_rows;

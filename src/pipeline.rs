@@ -97,13 +97,15 @@ impl Processor {
                 record: rejected.record.clone(),
             });
         }
-        let offers = block.readings[message.readings.clone()].iter().map(|r| Offer {
-            device_id: r.device_id,
-            time: r.time,
-            cumulative_energy: r.cumulative_energy,
-            device_name: block.text(r.name),
-            index: r.index,
-        });
+        let offers = block.readings[message.readings.clone()]
+            .iter()
+            .map(|r| Offer {
+                device_id: r.device_id,
+                time: r.time,
+                cumulative_energy: r.cumulative_energy,
+                device_name: block.text(r.name),
+                index: r.index,
+            });
         self.deltas
             .apply_message(partition, offers, |offer, outcome| {
                 let (reason, detail) = match outcome {
@@ -137,8 +139,11 @@ impl Processor {
                     detail,
                     source: origin(message.position),
                     index: Some(offer.index),
-                    record: reading::element_text(&block.bytes()[message.bytes.clone()], offer.index)
-                        .unwrap_or_default(),
+                    record: reading::element_text(
+                        &block.bytes()[message.bytes.clone()],
+                        offer.index,
+                    )
+                    .unwrap_or_default(),
                 });
             });
     }
@@ -195,7 +200,8 @@ pub fn transform(
     let (mut wait, mut apply) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     let mut t = Instant::now();
     for decoded in receiver {
-        wait += t.elapsed(); t = Instant::now();
+        wait += t.elapsed();
+        t = Instant::now();
         let DecodedInput { input, block } = decoded?;
         for message in &block.messages {
             processor.apply(&block, message, 0, |line| Origin::File {
@@ -208,7 +214,8 @@ pub fn transform(
             }
         }
         on_progress(&processor.summary);
-        apply += t.elapsed(); t = Instant::now();
+        apply += t.elapsed();
+        t = Instant::now();
     }
     eprintln!("wait {wait:?} apply {apply:?} at {:?}", started.elapsed());
     reader.join().map_err(|_| PipelineError::ReaderPanicked)?;
@@ -231,10 +238,18 @@ fn write_epoch(
     eprintln!("take {:?}", t.elapsed());
     let mut files = sink.encode_epoch(epoch, content.days)?;
     eprintln!("encode {:?}", t.elapsed());
-    files.extend(ParquetSink::encode_dead_letters(epoch, &content.dead_letters));
+    files.extend(ParquetSink::encode_dead_letters(
+        epoch,
+        &content.dead_letters,
+    ));
     let _span = tracing::info_span!("epoch", epoch).entered();
     let written = runtime.block_on(sink.upload(files))?;
-    tracing::info!(rows = written.rows, files = written.data_files.len(), bytes = written.bytes, "epoch written");
+    tracing::info!(
+        rows = written.rows,
+        files = written.data_files.len(),
+        bytes = written.bytes,
+        "epoch written"
+    );
     let summary = &mut processor.summary;
     summary.rows += written.rows as u64;
     summary.files += written.data_files.len() as u64;

@@ -106,7 +106,9 @@ impl DecodedBlock {
         match span {
             TextSpan::Input { start, len } => {
                 // Spans are made only from `str`s borrowed out of the input, so this is text.
-                self.input.str(start as usize..(start + len) as usize).unwrap_or_default()
+                self.input
+                    .str(start as usize..(start + len) as usize)
+                    .unwrap_or_default()
             }
             TextSpan::Unescaped { start, len } => {
                 &self.unescaped[start as usize..(start + len) as usize]
@@ -191,13 +193,15 @@ impl<'b> Output<'b> {
                 .measurements
                 .into_iter()
                 .enumerate()
-                .all(|(index, reading)| match Element::from(reading).validate(limits) {
-                    Ok(valid) => {
-                        self.push(valid, index as u32);
-                        true
-                    }
-                    Err(_) => false,
-                });
+                .all(
+                    |(index, reading)| match Element::from(reading).validate(limits) {
+                        Ok(valid) => {
+                            self.push(valid, index as u32);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                );
             if all_valid {
                 return count;
             }
@@ -273,8 +277,13 @@ impl<'b> Output<'b> {
 fn split_measurements(text: &[u8]) -> Result<Vec<&RawValue>, (Reason, String)> {
     let message: &RawValue =
         serde_json::from_slice(text).map_err(|e| (Reason::InvalidJson, e.to_string()))?;
-    let fields: HashMap<Cow<str>, &RawValue> = serde_json::from_str(message.get())
-        .map_err(|_| (Reason::MissingMeasurements, "message is not a JSON object".into()))?;
+    let fields: HashMap<Cow<str>, &RawValue> =
+        serde_json::from_str(message.get()).map_err(|_| {
+            (
+                Reason::MissingMeasurements,
+                "message is not a JSON object".into(),
+            )
+        })?;
     let measurements = fields.get("measurements").ok_or_else(|| {
         (
             Reason::MissingMeasurements,
@@ -386,8 +395,7 @@ impl<'a> Element<'a> {
     /// Field by field, for an element the typed pass could not read (an unrepresentable
     /// number): each field that fails on its own becomes [`Scalar::Unrepresentable`].
     fn from_raw_fields(raw: &'a RawValue) -> Self {
-        let Ok(map) = serde_json::from_str::<HashMap<Cow<'a, str>, &'a RawValue>>(raw.get())
-        else {
+        let Ok(map) = serde_json::from_str::<HashMap<Cow<'a, str>, &'a RawValue>>(raw.get()) else {
             return Element::NotObject("unreadable JSON");
         };
         let field = |key: &str| {
@@ -419,7 +427,12 @@ impl<'a> Element<'a> {
             Some(Scalar::UInt(v)) => i32::try_from(v).ok(),
             _ => None,
         }
-        .ok_or_else(|| (Reason::InvalidDeviceId, describe("device_id", &fields.device_id, "an integer in Int32 range")))?;
+        .ok_or_else(|| {
+            (
+                Reason::InvalidDeviceId,
+                describe("device_id", &fields.device_id, "an integer in Int32 range"),
+            )
+        })?;
         let device_name = match fields.device_name {
             Some(Scalar::Str(name)) => name,
             other => {
@@ -686,7 +699,10 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].device_id, 123456);
         assert_eq!(block.text(r[0].name), "Test Device");
-        assert_eq!(r[0].time, timestamp::parse_micros("2022-07-11T02:15:00Z").unwrap());
+        assert_eq!(
+            r[0].time,
+            timestamp::parse_micros("2022-07-11T02:15:00Z").unwrap()
+        );
         assert_eq!(r[1].cumulative_energy, 122.45);
         assert_eq!(r[1].index, 1);
         assert!(matches!(r[0].name, TextSpan::Input { .. }));
@@ -697,7 +713,10 @@ mod tests {
         assert_eq!(reasons("{not json"), vec![(None, Reason::InvalidJson)]);
         assert_eq!(reasons(r#"{"a":1} x"#), vec![(None, Reason::InvalidJson)]);
         assert_eq!(reasons("[1,2]"), vec![(None, Reason::MissingMeasurements)]);
-        assert_eq!(reasons(r#"{"readings":[]}"#), vec![(None, Reason::MissingMeasurements)]);
+        assert_eq!(
+            reasons(r#"{"readings":[]}"#),
+            vec![(None, Reason::MissingMeasurements)]
+        );
         assert_eq!(
             reasons(r#"{"measurements":null}"#),
             vec![(None, Reason::MissingMeasurements)]
@@ -716,7 +735,11 @@ mod tests {
         let block = decode(&line, NO_LIMIT);
         assert_eq!(block.readings.len(), 2);
         assert_eq!(block.readings[1].index, 5);
-        let got: Vec<_> = block.rejected.iter().map(|r| (r.index, r.reason, r.record.as_str())).collect();
+        let got: Vec<_> = block
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.reason, r.record.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -730,29 +753,58 @@ mod tests {
 
     #[test]
     fn device_id_rules() {
-        for bad in [r#""1""#, "1.0", "2147483648", "-2147483649", "null", "true", "{}", "1e3"] {
+        for bad in [
+            r#""1""#,
+            "1.0",
+            "2147483648",
+            "-2147483649",
+            "null",
+            "true",
+            "{}",
+            "1e3",
+        ] {
             let element = GOOD.replace(r#""device_id":1"#, &format!(r#""device_id":{bad}"#));
-            assert_eq!(reasons(&one(&element)), vec![(Some(0), Reason::InvalidDeviceId)], "{bad}");
+            assert_eq!(
+                reasons(&one(&element)),
+                vec![(Some(0), Reason::InvalidDeviceId)],
+                "{bad}"
+            );
         }
         let missing = GOOD.replace(r#""device_id":1,"#, "");
-        assert_eq!(reasons(&one(&missing)), vec![(Some(0), Reason::InvalidDeviceId)]);
+        assert_eq!(
+            reasons(&one(&missing)),
+            vec![(Some(0), Reason::InvalidDeviceId)]
+        );
         let edge = GOOD.replace(r#""device_id":1"#, r#""device_id":-2147483648"#);
-        assert_eq!(decode(&one(&edge), NO_LIMIT).readings[0].device_id, i32::MIN);
+        assert_eq!(
+            decode(&one(&edge), NO_LIMIT).readings[0].device_id,
+            i32::MIN
+        );
     }
 
     #[test]
     fn device_name_rules() {
         for bad in ["null", "1", "[]"] {
             let element = GOOD.replace(r#""device_name":"a""#, &format!(r#""device_name":{bad}"#));
-            assert_eq!(reasons(&one(&element)), vec![(Some(0), Reason::InvalidDeviceName)], "{bad}");
+            assert_eq!(
+                reasons(&one(&element)),
+                vec![(Some(0), Reason::InvalidDeviceName)],
+                "{bad}"
+            );
         }
         let missing = GOOD.replace(r#""device_name":"a","#, "");
-        assert_eq!(reasons(&one(&missing)), vec![(Some(0), Reason::InvalidDeviceName)]);
+        assert_eq!(
+            reasons(&one(&missing)),
+            vec![(Some(0), Reason::InvalidDeviceName)]
+        );
     }
 
     #[test]
     fn escaped_and_unicode_names_are_unescaped() {
-        let element = GOOD.replace(r#""device_name":"a""#, r#""device_name":"Lab \"A\" \u65fa""#);
+        let element = GOOD.replace(
+            r#""device_name":"a""#,
+            r#""device_name":"Lab \"A\" \u65fa""#,
+        );
         let block = decode(&one(&element), NO_LIMIT);
         assert_eq!(block.text(block.readings[0].name), "Lab \"A\" 旺");
         let plain = GOOD.replace(r#""device_name":"a""#, r#""device_name":"旺角 電錶""#);
@@ -762,20 +814,42 @@ mod tests {
 
     #[test]
     fn time_rules() {
-        for bad in [r#""2022-13-01T00:00:00Z""#, r#""yesterday""#, "1657505700", "null"] {
-            let element = GOOD.replace(r#""time":"2022-07-11T02:15:00Z""#, &format!(r#""time":{bad}"#));
-            assert_eq!(reasons(&one(&element)), vec![(Some(0), Reason::InvalidTime)], "{bad}");
+        for bad in [
+            r#""2022-13-01T00:00:00Z""#,
+            r#""yesterday""#,
+            "1657505700",
+            "null",
+        ] {
+            let element = GOOD.replace(
+                r#""time":"2022-07-11T02:15:00Z""#,
+                &format!(r#""time":{bad}"#),
+            );
+            assert_eq!(
+                reasons(&one(&element)),
+                vec![(Some(0), Reason::InvalidTime)],
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn energy_rules() {
         for bad in ["-0.01", "-1", r#""1.5""#, "null", "1e400", "-1e400"] {
-            let element = GOOD.replace(r#""cumulative_energy":1.5"#, &format!(r#""cumulative_energy":{bad}"#));
-            assert_eq!(reasons(&one(&element)), vec![(Some(0), Reason::InvalidEnergy)], "{bad}");
+            let element = GOOD.replace(
+                r#""cumulative_energy":1.5"#,
+                &format!(r#""cumulative_energy":{bad}"#),
+            );
+            assert_eq!(
+                reasons(&one(&element)),
+                vec![(Some(0), Reason::InvalidEnergy)],
+                "{bad}"
+            );
         }
         for good in ["0", "18446744073709551615", "1e300", "0.0"] {
-            let element = GOOD.replace(r#""cumulative_energy":1.5"#, &format!(r#""cumulative_energy":{good}"#));
+            let element = GOOD.replace(
+                r#""cumulative_energy":1.5"#,
+                &format!(r#""cumulative_energy":{good}"#),
+            );
             assert_eq!(decode(&one(&element), NO_LIMIT).readings.len(), 1, "{good}");
         }
     }
@@ -786,7 +860,10 @@ mod tests {
         let extra = GOOD.replace('}', r#","calibration":1e999}"#);
         assert_eq!(decode(&one(&extra), NO_LIMIT).readings.len(), 1);
         let huge_id = GOOD.replace(r#""device_id":1"#, r#""device_id":1e999"#);
-        assert_eq!(reasons(&one(&huge_id)), vec![(Some(0), Reason::InvalidDeviceId)]);
+        assert_eq!(
+            reasons(&one(&huge_id)),
+            vec![(Some(0), Reason::InvalidDeviceId)]
+        );
     }
 
     #[test]
@@ -800,10 +877,17 @@ mod tests {
 
     #[test]
     fn first_failing_rule_wins() {
-        let everything_wrong = r#"{"device_id":"x","device_name":null,"time":"bad","cumulative_energy":-1}"#;
-        assert_eq!(reasons(&one(everything_wrong)), vec![(Some(0), Reason::InvalidDeviceId)]);
+        let everything_wrong =
+            r#"{"device_id":"x","device_name":null,"time":"bad","cumulative_energy":-1}"#;
+        assert_eq!(
+            reasons(&one(everything_wrong)),
+            vec![(Some(0), Reason::InvalidDeviceId)]
+        );
         let name_and_time = r#"{"device_id":1,"time":"bad","cumulative_energy":-1}"#;
-        assert_eq!(reasons(&one(name_and_time)), vec![(Some(0), Reason::InvalidDeviceName)]);
+        assert_eq!(
+            reasons(&one(name_and_time)),
+            vec![(Some(0), Reason::InvalidDeviceName)]
+        );
         let energy_and_future = r#"{"device_id":1,"device_name":"a","time":"2999-01-01T00:00:00Z","cumulative_energy":-1}"#;
         let block = decode(&one(energy_and_future), Limits { latest_time: 0 });
         assert_eq!(block.rejected[0].reason, Reason::InvalidEnergy);
@@ -820,7 +904,10 @@ mod tests {
     #[test]
     fn element_text_returns_the_original_element() {
         let line = format!(r#"{{"measurements":[{GOOD}, {{ "device_id" : 9 }}]}}"#);
-        assert_eq!(element_text(line.as_bytes(), 1).as_deref(), Some(r#"{ "device_id" : 9 }"#));
+        assert_eq!(
+            element_text(line.as_bytes(), 1).as_deref(),
+            Some(r#"{ "device_id" : 9 }"#)
+        );
         assert_eq!(element_text(line.as_bytes(), 2), None);
     }
 }

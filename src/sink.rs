@@ -100,8 +100,16 @@ impl ParquetSink {
             .set_max_row_group_row_count(Some(options.rows_per_file.max(1)))
             // Readers may use the declared order (device_id, time) to skip sorting.
             .set_sorting_columns(Some(vec![
-                SortingColumn { column_idx: 0, descending: false, nulls_first: false },
-                SortingColumn { column_idx: 2, descending: false, nulls_first: false },
+                SortingColumn {
+                    column_idx: 0,
+                    descending: false,
+                    nulls_first: false,
+                },
+                SortingColumn {
+                    column_idx: 2,
+                    descending: false,
+                    nulls_first: false,
+                },
             ]))
             .build();
         Ok(ParquetSink {
@@ -117,7 +125,11 @@ impl ParquetSink {
 
     /// Encodes an epoch's rows (already grouped by day and sorted by (device_id, time)) as
     /// one Parquet file per day and `rows_per_file` rows, in parallel.
-    pub fn encode_epoch(&self, epoch: u64, days: Vec<DayRows>) -> Result<Vec<EncodedFile>, SinkError> {
+    pub fn encode_epoch(
+        &self,
+        epoch: u64,
+        days: Vec<DayRows>,
+    ) -> Result<Vec<EncodedFile>, SinkError> {
         let mut plan = Vec::new();
         for day in days {
             let first_time = day.time.first().copied().unwrap_or_default();
@@ -142,8 +154,9 @@ impl ParquetSink {
             source,
         };
         let mut buffer = Vec::with_capacity(part.num_rows() * 4);
-        let mut writer = ArrowWriter::try_new(&mut buffer, batch::schema(), Some(self.properties.clone()))
-            .map_err(fail)?;
+        let mut writer =
+            ArrowWriter::try_new(&mut buffer, batch::schema(), Some(self.properties.clone()))
+                .map_err(fail)?;
         writer.write(part).map_err(fail)?;
         writer.close().map_err(fail)?;
         Ok(EncodedFile {
@@ -179,8 +192,13 @@ impl ParquetSink {
         stream::iter(files)
             .map(|file| async move {
                 let path = self.location.child(&file.relative);
-                let put = self.location.store.put(&path, PutPayload::from_bytes(file.bytes)).await;
-                put.map(drop).map_err(|source| SinkError::Write { path, source })
+                let put = self
+                    .location
+                    .store
+                    .put(&path, PutPayload::from_bytes(file.bytes))
+                    .await;
+                put.map(drop)
+                    .map_err(|source| SinkError::Write { path, source })
             })
             .buffer_unordered(4)
             .try_collect::<Vec<()>>()
@@ -204,9 +222,12 @@ impl ParquetSink {
             .into_iter()
             .map(|meta| meta.location)
             .filter(|path| {
-                let relative = path
-                    .prefix_match(&self.location.prefix)
-                    .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"));
+                let relative = path.prefix_match(&self.location.prefix).map(|parts| {
+                    parts
+                        .map(|p| p.as_ref().to_owned())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                });
                 relative.is_some_and(|r| layout::is_output(&r))
             })
             .collect())

@@ -53,14 +53,6 @@ impl Input {
         }
     }
 
-    /// Size on disk, for progress; unknown for stdin.
-    pub fn len(&self) -> Option<u64> {
-        match self {
-            Input::Stdin => None,
-            Input::Path(path) => std::fs::metadata(path).ok().map(|m| m.len()),
-        }
-    }
-
     /// Opens the input, decompressing by file extension.
     fn open(&self) -> Result<Box<dyn Read + Send>, SourceError> {
         let path = match self {
@@ -99,7 +91,8 @@ impl Block {
             if start >= self.bytes.len() {
                 return None;
             }
-            let end = memchr::memchr(b'\n', &self.bytes[start..]).map_or(self.bytes.len(), |i| start + i);
+            let end =
+                memchr::memchr(b'\n', &self.bytes[start..]).map_or(self.bytes.len(), |i| start + i);
             let line = (number, trim(&self.bytes, start..end));
             start = end + 1;
             number += 1;
@@ -218,7 +211,11 @@ mod tests {
         let mut lines = Vec::new();
         while let Some(block) = reader.next_block().unwrap() {
             for (number, range) in block.lines() {
-                lines.push((block.input, number, String::from_utf8(block.bytes[range].to_vec()).unwrap()));
+                lines.push((
+                    block.input,
+                    number,
+                    String::from_utf8(block.bytes[range].to_vec()).unwrap(),
+                ));
             }
         }
         lines
@@ -232,7 +229,11 @@ mod tests {
         let got = read_all(vec![Input::Path(path)]);
         assert_eq!(
             got,
-            vec![(0, 1, "one".into()), (0, 4, "two".into()), (0, 5, "three".into())]
+            vec![
+                (0, 1, "one".into()),
+                (0, 4, "two".into()),
+                (0, 5, "three".into())
+            ]
         );
     }
 
@@ -242,7 +243,8 @@ mod tests {
         let long = "x".repeat(BLOCK_BYTES * 2 + 17);
         let text = format!("first\n{long}\nlast\n");
         let gz = dir.path().join("b.jsonl.gz");
-        let mut encoder = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        let mut encoder =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
         encoder.write_all(text.as_bytes()).unwrap();
         encoder.finish().unwrap();
         let zst = dir.path().join("c.jsonl.zst");
@@ -251,7 +253,14 @@ mod tests {
         let summary: Vec<_> = got.iter().map(|(i, n, l)| (*i, *n, l.len())).collect();
         assert_eq!(
             summary,
-            vec![(0, 1, 5), (0, 2, long.len()), (0, 3, 4), (1, 1, 5), (1, 2, long.len()), (1, 3, 4)]
+            vec![
+                (0, 1, 5),
+                (0, 2, long.len()),
+                (0, 3, 4),
+                (1, 1, 5),
+                (1, 2, long.len()),
+                (1, 3, 4)
+            ]
         );
     }
 

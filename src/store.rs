@@ -132,7 +132,10 @@ mod tests {
         let target = dir.path().join("out/nested");
         let location = open(target.to_str().unwrap(), &StoreOptions::default()).unwrap();
         assert!(target.is_dir());
-        assert_eq!(location.child("date=2022-07-11/part-0.parquet").as_ref(), "date=2022-07-11/part-0.parquet");
+        assert_eq!(
+            location.child("date=2022-07-11/part-0.parquet").as_ref(),
+            "date=2022-07-11/part-0.parquet"
+        );
     }
 
     #[test]
@@ -142,7 +145,13 @@ mod tests {
             ..StoreOptions::default()
         };
         let location = open("s3://bucket/some/prefix/", &options).unwrap();
-        assert_eq!(location.child("_dead_letter/x.jsonl").as_ref(), "some/prefix/_dead_letter/x.jsonl");
-        assert!(matches!(open("s3:///x", &options), Err(StoreError::MissingBucket { .. })));
+        assert_eq!(
+            location.child("_dead_letter/x.jsonl").as_ref(),
+            "some/prefix/_dead_letter/x.jsonl"
+        );
+        assert!(matches!(
+            open("s3:///x", &options),
+            Err(StoreError::MissingBucket { .. })
+        ));
     }
 }

@@ -60,7 +60,12 @@ impl fmt::Display for Summary {
         writeln!(f, "  {:<20}{:>12}", "devices", self.devices)?;
         writeln!(f, "  {:<20}{:>12}", "duplicates", self.duplicates)?;
         writeln!(f, "  {:<20}{:>12}", "counter resets", self.counter_resets)?;
-        writeln!(f, "  {:<20}{:>12}", "dead letters", self.dead_letter_total())?;
+        writeln!(
+            f,
+            "  {:<20}{:>12}",
+            "dead letters",
+            self.dead_letter_total()
+        )?;
         for reason in Reason::ALL {
             let count = self.dead_letters_for(reason);
             if count > 0 {
@@ -78,7 +83,11 @@ mod tests {
 
     #[test]
     fn lists_only_reasons_that_occurred() {
-        let mut summary = Summary { readings: 10, elapsed: Duration::from_secs(2), ..Summary::default() };
+        let mut summary = Summary {
+            readings: 10,
+            elapsed: Duration::from_secs(2),
+            ..Summary::default()
+        };
         summary.dead_letters[Reason::Late.index()] = 3;
         let text = summary.to_string();
         assert!(text.contains("late") && text.contains("dead letters                   3"));

@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn no_offset_means_utc_and_basic_offset_is_accepted() {
-        assert_eq!(parse_micros("2022-07-11T02:15:00"), parse_micros("2022-07-11T02:15:00Z"));
+        assert_eq!(
+            parse_micros("2022-07-11T02:15:00"),
+            parse_micros("2022-07-11T02:15:00Z")
+        );
         assert_eq!(
             parse_micros("2022-07-11T10:15:00+0800"),
             parse_micros("2022-07-11T02:15:00Z")
@@ -138,7 +141,10 @@ mod tests {
     #[test]
     fn fraction_is_truncated_to_microseconds() {
         let base = parse_micros("2022-07-11T02:15:00Z").unwrap();
-        assert_eq!(parse_micros("2022-07-11T02:15:00.123456789Z"), Ok(base + 123_456));
+        assert_eq!(
+            parse_micros("2022-07-11T02:15:00.123456789Z"),
+            Ok(base + 123_456)
+        );
         assert_eq!(parse_micros("2022-07-11T02:15:00.1Z"), Ok(base + 100_000));
         assert_eq!(parse_micros("1969-12-31T23:59:59.9999999Z"), Ok(-1));
     }

@@ -76,7 +76,9 @@ impl Watermark {
         }
         let slowest = active.map(|p| p.latest).min().flatten();
         if let Some(latest) = slowest {
-            self.current = self.current.max(latest.saturating_sub(self.allowed_lateness));
+            self.current = self
+                .current
+                .max(latest.saturating_sub(self.allowed_lateness));
         }
     }
 }
@@ -102,13 +104,21 @@ mod tests {
         let mut w = Watermark::new(0);
         w.add_partition(1);
         w.observe(0, Some(100));
-        assert_eq!(w.current(), i64::MIN, "partition 1 has delivered nothing yet");
+        assert_eq!(
+            w.current(),
+            i64::MIN,
+            "partition 1 has delivered nothing yet"
+        );
         w.observe(1, Some(40));
         assert_eq!(w.current(), 40);
         w.set_idle(1, true);
         assert_eq!(w.current(), 100);
         w.set_idle(1, false);
-        assert_eq!(w.current(), 100, "a partition waking up cannot pull it back");
+        assert_eq!(
+            w.current(),
+            100,
+            "a partition waking up cannot pull it back"
+        );
         w.observe(0, Some(200));
         assert_eq!(w.current(), 100, "partition 1 holds it again");
     }

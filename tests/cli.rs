@@ -21,7 +21,10 @@ fn read_dead_letters(dir: &Path) -> Vec<serde_json::Value> {
     let mut letters = Vec::new();
     for entry in std::fs::read_dir(dir.join("_dead_letter")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        letters.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+        letters.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
     }
     letters
 }
@@ -44,13 +47,23 @@ fn transform_writes_rows_and_dead_letters_and_exits_zero() {
         .stderr(predicate::str::contains("rows").and(predicate::str::contains("invalid_json")));
 
     // Two dates, one file each.
-    assert!(output.join("date=2022-07-11/part-00000000-0000.parquet").is_file());
-    assert!(output.join("date=2022-07-12/part-00000000-0000.parquet").is_file());
+    assert!(output
+        .join("date=2022-07-11/part-00000000-0000.parquet")
+        .is_file());
+    assert!(output
+        .join("date=2022-07-12/part-00000000-0000.parquet")
+        .is_file());
 
     let letters = read_dead_letters(&output);
     let mut got: Vec<(String, u64, serde_json::Value)> = letters
         .iter()
-        .map(|l| (l["reason"].as_str().unwrap().to_owned(), l["source"]["line"].as_u64().unwrap(), l["index"].clone()))
+        .map(|l| {
+            (
+                l["reason"].as_str().unwrap().to_owned(),
+                l["source"]["line"].as_u64().unwrap(),
+                l["index"].clone(),
+            )
+        })
         .collect();
     got.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     assert_eq!(
@@ -61,16 +74,30 @@ fn transform_writes_rows_and_dead_letters_and_exits_zero() {
             ("invalid_device_id".into(), 5, serde_json::json!(0)),
         ]
     );
-    let bad_id = letters.iter().find(|l| l["reason"] == "invalid_device_id").unwrap();
+    let bad_id = letters
+        .iter()
+        .find(|l| l["reason"] == "invalid_device_id")
+        .unwrap();
     assert_eq!(bad_id["source"]["file"], input.display().to_string());
-    assert!(bad_id["record"].as_str().unwrap().contains(r#""device_id": "7""#));
+    assert!(bad_id["record"]
+        .as_str()
+        .unwrap()
+        .contains(r#""device_id": "7""#));
 
     let shown = meterflow().arg("inspect").arg(&output).assert().success();
     let stdout = String::from_utf8(shown.get_output().stdout.clone()).unwrap();
     assert!(stdout.contains("Total rows: 4"), "{stdout}");
     assert!(stdout.contains("Dead letters: 3"), "{stdout}");
-    assert!(stdout.contains("| 123456    | Test Device | 2022-07-11T02:20:00Z | 5.0      | 2.33         |"), "{stdout}");
-    assert!(stdout.contains("REQUIRED INT64 time (TIMESTAMP(MICROS,true))"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "| 123456    | Test Device | 2022-07-11T02:20:00Z | 5.0      | 2.33         |"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("REQUIRED INT64 time (TIMESTAMP(MICROS,true))"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -81,11 +108,18 @@ fn existing_output_needs_overwrite_and_unreadable_input_fails() {
     let output = dir.path().join("out");
     let run = |extra: &[&str]| {
         let mut command = meterflow();
-        command.args(["transform", "--input"]).arg(&input).arg("--output").arg(&output).args(extra);
+        command
+            .args(["transform", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .args(extra);
         command.assert()
     };
     run(&[]).success();
-    run(&[]).failure().stderr(predicate::str::contains("--overwrite"));
+    run(&[])
+        .failure()
+        .stderr(predicate::str::contains("--overwrite"));
     run(&["--overwrite"]).success();
 
     meterflow()
@@ -93,7 +127,9 @@ fn existing_output_needs_overwrite_and_unreadable_input_fails() {
         .arg(dir.path().join("other"))
         .assert()
         .failure()
-        .stderr(predicate::str::contains("cannot open input /nonexistent/x.jsonl"));
+        .stderr(predicate::str::contains(
+            "cannot open input /nonexistent/x.jsonl",
+        ));
 }
 
 #[test]
@@ -101,7 +137,20 @@ fn stdin_input_and_gzip_generate_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let generated = dir.path().join("fleet.jsonl.gz");
     meterflow()
-        .args(["generate", "--devices", "5", "--hours", "1", "--seed", "3", "--fault-rate", "0", "--duplicate-rate", "0", "--output"])
+        .args([
+            "generate",
+            "--devices",
+            "5",
+            "--hours",
+            "1",
+            "--seed",
+            "3",
+            "--fault-rate",
+            "0",
+            "--duplicate-rate",
+            "0",
+            "--output",
+        ])
         .arg(&generated)
         .assert()
         .success()
