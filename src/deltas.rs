@@ -584,10 +584,10 @@ mod tests {
                 offer(9, day - MINUTE, 1.0),
                 offer(9, day + MINUTE, 2.0),
                 offer(3, day, 1.0),
+                offer(3, -MINUTE, 1.0),
             ],
             |_, _| {},
         );
-        deltas.apply_message(0, [offer(3, -MINUTE, 1.0)], |_, _| {});
         deltas.flush();
         let days = deltas.take_rows();
         let layout: Vec<(i64, Vec<(i32, i64)>)> = days
