@@ -11,7 +11,7 @@
 //! (device_id, time) without sorting rows, and column by column, ready for Arrow.
 
 use rustc_hash::FxHashMap;
-use smallvec::SmallVec;
+use thin_vec::ThinVec;
 
 use crate::timestamp::{MICROS_PER_DAY, MICROS_PER_MINUTE};
 use crate::watermark::Watermark;
@@ -127,8 +127,9 @@ const NEVER: i64 = i64::MIN;
 /// Index into [`Names`].
 type NameId = u32;
 
-/// State of one device. Kept small: memory per device is a stated target (≤ 150 bytes), so
-/// names are ids and one pending reading fits inline.
+/// State of one device. Kept small (40 bytes): memory per device is a stated target
+/// (≤ 150 bytes), so names are ids and the two buffers are thin vectors, one pointer each,
+/// allocated only while they hold something.
 #[derive(Debug)]
 struct Device {
     device_id: i32,
@@ -138,10 +139,10 @@ struct Device {
     last_time: i64,
     /// Energy of the last emitted reading: the baseline of the next delta.
     last_energy: f64,
-    /// Accepted, not yet emitted readings in time order (usually zero or one).
-    pending: SmallVec<[Pending; 1]>,
+    /// Accepted, not yet emitted readings in time order (about lateness / interval of them).
+    pending: ThinVec<Pending>,
     /// Rows emitted in the current epoch, in time order.
-    emitted: Vec<Emitted>,
+    emitted: ThinVec<Emitted>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -249,8 +250,8 @@ impl Deltas {
                 name,
                 last_time: NEVER,
                 last_energy: 0.0,
-                pending: SmallVec::new(),
-                emitted: Vec::new(),
+                pending: ThinVec::new(),
+                emitted: ThinVec::new(),
             });
         }
         let device = &mut self.devices[slot as usize];
@@ -291,10 +292,12 @@ impl Deltas {
         }
     }
 
-    /// Emits everything still waiting: the end of a finite input.
+    /// Emits everything still waiting: the end of a finite input. Emptied buffers are
+    /// released, so the state left holds only each device's baseline.
     pub fn flush(&mut self) {
         for device in &mut self.devices {
             device.emit_until(i64::MAX, &mut self.counters);
+            device.pending = ThinVec::new();
         }
     }
 

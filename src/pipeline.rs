@@ -197,11 +197,7 @@ pub fn transform(
 
     let mut processor = Processor::new(options);
     let mut epoch = 0u64;
-    let (mut wait, mut apply) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
-    let mut t = Instant::now();
     for decoded in receiver {
-        wait += t.elapsed();
-        t = Instant::now();
         let DecodedInput { input, block } = decoded?;
         for message in &block.messages {
             processor.apply(&block, message, 0, |line| Origin::File {
@@ -214,13 +210,9 @@ pub fn transform(
             }
         }
         on_progress(&processor.summary);
-        apply += t.elapsed();
-        t = Instant::now();
     }
-    eprintln!("wait {wait:?} apply {apply:?} at {:?}", started.elapsed());
     reader.join().map_err(|_| PipelineError::ReaderPanicked)?;
     write_epoch(sink, runtime, epoch, &mut processor, true)?;
-    eprintln!("written at {:?}", started.elapsed());
     processor.summary.elapsed = started.elapsed();
     Ok(processor.summary)
 }
@@ -233,11 +225,8 @@ fn write_epoch(
     processor: &mut Processor,
     end_of_input: bool,
 ) -> Result<(), SinkError> {
-    let t = Instant::now();
     let content = processor.take_epoch(end_of_input);
-    eprintln!("take {:?}", t.elapsed());
     let mut files = sink.encode_epoch(epoch, content.days)?;
-    eprintln!("encode {:?}", t.elapsed());
     files.extend(ParquetSink::encode_dead_letters(
         epoch,
         &content.dead_letters,

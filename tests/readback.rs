@@ -24,6 +24,7 @@ fn transformed(dir: &Path) -> PathBuf {
         "30",
         "--seed",
         "5",
+        "--with-seed-example",
         "--output",
         input.to_str().unwrap(),
     ]);
