@@ -6,9 +6,10 @@
 //! at an epoch boundary. Because the watermark only moves forward, this gives exactly the rows
 //! of checking emission after every message, whatever the batching.
 //!
-//! Emitted rows stay with their device until [`Deltas::take_rows`] collects them in device-id
-//! order. A device's rows are already in time order, so an epoch comes out sorted by
-//! (device_id, time) without sorting rows, and column by column, ready for Arrow.
+//! Emitted rows go to one epoch buffer (sequential writes on the hot path);
+//! [`Deltas::take_rows`] orders them by device with a stable counting sort on the device's rank.
+//! A device's rows are emitted in time order, so the epoch comes out sorted by
+//! (device_id, time) without comparing rows, and column by column, ready for Arrow.
 
 use rustc_hash::FxHashMap;
 use thin_vec::ThinVec;
@@ -127,9 +128,9 @@ const NEVER: i64 = i64::MIN;
 /// Index into [`Names`].
 type NameId = u32;
 
-/// State of one device. Kept small (40 bytes): memory per device is a stated target
-/// (≤ 150 bytes), so names are ids and the two buffers are thin vectors, one pointer each,
-/// allocated only while they hold something.
+/// State of one device. Kept small (32 bytes): memory per device is a stated target
+/// (≤ 150 bytes), so the name is an id and the pending buffer is a thin vector, one pointer,
+/// allocated only while it holds something.
 #[derive(Debug)]
 struct Device {
     device_id: i32,
@@ -141,8 +142,6 @@ struct Device {
     last_energy: f64,
     /// Accepted, not yet emitted readings in time order (about lateness / interval of them).
     pending: ThinVec<Pending>,
-    /// Rows emitted in the current epoch, in time order.
-    emitted: ThinVec<Emitted>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -152,12 +151,15 @@ struct Pending {
     name: NameId,
 }
 
+/// A row of the current epoch, before it is ordered and laid out in columns.
 #[derive(Debug, Clone, Copy)]
 struct Emitted {
     time: i64,
     duration: Option<f32>,
     delta_energy: Option<f32>,
     name: NameId,
+    /// The device's slot.
+    slot: u32,
 }
 
 /// Device names, each stored once in one buffer; a renamed device adds its new name, and
@@ -198,7 +200,9 @@ pub struct Deltas {
     /// Device id → slot in `devices`; dense slots keep the per-device cost low.
     slots: FxHashMap<i32, u32>,
     devices: Vec<Device>,
-    /// Slots in device-id order (rebuilt when devices were added).
+    /// Rows emitted in the current epoch, in emission order.
+    emitted: Vec<Emitted>,
+    /// Slots in device-id order (extended when devices were added).
     order: Vec<u32>,
     names: Names,
     watermark: Watermark,
@@ -211,6 +215,7 @@ impl Deltas {
         Deltas {
             slots: FxHashMap::default(),
             devices: Vec::new(),
+            emitted: Vec::new(),
             order: Vec::new(),
             names: Names::default(),
             watermark: Watermark::new(allowed_lateness),
@@ -251,11 +256,10 @@ impl Deltas {
                 last_time: NEVER,
                 last_energy: 0.0,
                 pending: ThinVec::new(),
-                emitted: ThinVec::new(),
             });
         }
         let device = &mut self.devices[slot as usize];
-        device.emit_until(watermark, &mut self.counters);
+        device.emit_until(slot, watermark, &mut self.emitted, &mut self.counters);
 
         if device.last_time != NEVER && offer.time <= device.last_time {
             return if offer.time < device.last_time {
@@ -287,16 +291,16 @@ impl Deltas {
     /// the epoch holds exactly what eager emission would have produced by then.
     pub fn emit_ready(&mut self) {
         let watermark = self.watermark.current();
-        for device in &mut self.devices {
-            device.emit_until(watermark, &mut self.counters);
+        for (slot, device) in self.devices.iter_mut().enumerate() {
+            device.emit_until(slot as u32, watermark, &mut self.emitted, &mut self.counters);
         }
     }
 
     /// Emits everything still waiting: the end of a finite input. Emptied buffers are
     /// released, so the state left holds only each device's baseline.
     pub fn flush(&mut self) {
-        for device in &mut self.devices {
-            device.emit_until(i64::MAX, &mut self.counters);
+        for (slot, device) in self.devices.iter_mut().enumerate() {
+            device.emit_until(slot as u32, i64::MAX, &mut self.emitted, &mut self.counters);
             device.pending = ThinVec::new();
         }
     }
@@ -306,36 +310,49 @@ impl Deltas {
     pub fn take_rows(&mut self) -> Vec<DayRows> {
         if self.order.len() != self.devices.len() {
             let devices = &self.devices;
-            self.order
-                .extend(self.order.len() as u32..devices.len() as u32);
+            self.order.extend(self.order.len() as u32..devices.len() as u32);
             // Stable sort: the old prefix is sorted, so this is one merge of two runs.
-            self.order
-                .sort_by_key(|&slot| devices[slot as usize].device_id);
+            self.order.sort_by_key(|&slot| devices[slot as usize].device_id);
         }
+        let emitted = std::mem::take(&mut self.emitted);
+        // Counting sort of row indices by the rank of their device; stable, so each device's
+        // rows keep their emission (= time) order.
+        let mut rank = vec![0u32; self.devices.len()];
+        for (position, &slot) in self.order.iter().enumerate() {
+            rank[slot as usize] = position as u32;
+        }
+        let mut starts = vec![0u32; self.devices.len() + 1];
+        for row in &emitted {
+            starts[rank[row.slot as usize] as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut sorted = vec![0u32; emitted.len()];
+        for (index, row) in emitted.iter().enumerate() {
+            let next = &mut starts[rank[row.slot as usize] as usize];
+            sorted[*next as usize] = index as u32;
+            *next += 1;
+        }
+
         let mut days: Vec<DayRows> = Vec::new();
-        for &slot in &self.order {
-            let device = &mut self.devices[slot as usize];
-            if device.emitted.is_empty() {
-                continue;
+        let (mut day_start, mut day_end, mut bucket) = (i64::MAX, i64::MIN, 0);
+        for index in sorted {
+            let row = &emitted[index as usize];
+            if row.time < day_start || row.time >= day_end {
+                let day = row.time.div_euclid(MICROS_PER_DAY);
+                day_start = day.saturating_mul(MICROS_PER_DAY);
+                day_end = day_start.saturating_add(MICROS_PER_DAY);
+                bucket = match days.binary_search_by_key(&day, |d| d.day) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        days.insert(i, DayRows::new(day));
+                        i
+                    }
+                };
             }
-            // Taking (not clearing) the vector returns its memory between epochs.
-            let emitted = std::mem::take(&mut device.emitted);
-            let mut day_end = i64::MIN;
-            let mut bucket = 0;
-            for row in &emitted {
-                if row.time >= day_end {
-                    let day = row.time.div_euclid(MICROS_PER_DAY);
-                    day_end = (day + 1).saturating_mul(MICROS_PER_DAY);
-                    bucket = match days.binary_search_by_key(&day, |d| d.day) {
-                        Ok(i) => i,
-                        Err(i) => {
-                            days.insert(i, DayRows::new(day));
-                            i
-                        }
-                    };
-                }
-                days[bucket].push(device.device_id, row, self.names.get(row.name));
-            }
+            let device_id = self.devices[row.slot as usize].device_id;
+            days[bucket].push(device_id, row, self.names.get(row.name));
         }
         days
     }
@@ -366,7 +383,7 @@ fn same_time(accepted_energy: f64, offered_energy: f64) -> Outcome {
 
 impl Device {
     /// Emits pending readings with `time <= until`, oldest first.
-    fn emit_until(&mut self, until: i64, counters: &mut DeltaCounters) {
+    fn emit_until(&mut self, slot: u32, until: i64, out: &mut Vec<Emitted>, counters: &mut DeltaCounters) {
         let ready = self.pending.partition_point(|p| p.time <= until);
         if ready == 0 {
             return;
@@ -387,11 +404,12 @@ impl Device {
             self.last_time = reading.time;
             self.last_energy = reading.energy;
             counters.rows += 1;
-            self.emitted.push(Emitted {
+            out.push(Emitted {
                 time: reading.time,
                 duration,
                 delta_energy,
                 name: reading.name,
+                slot,
             });
         }
     }
