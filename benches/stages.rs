@@ -3,8 +3,9 @@
 //! Run with `cargo bench --bench stages`; throughput is reported per reading.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use meterflow::deltas::{Deltas, Offer};
+use meterflow::deltas::Deltas;
 use meterflow::generate::{generate, GenerateOptions};
+use meterflow::pipeline::offers;
 use meterflow::reading::{DecodedBlock, Limits};
 use meterflow::timestamp::{parse_micros, MICROS_PER_MINUTE};
 
@@ -50,16 +51,7 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             let mut deltas = Deltas::new(10 * MICROS_PER_MINUTE);
             for message in &block.messages {
-                let offers = block.readings[message.readings.clone()]
-                    .iter()
-                    .map(|r| Offer {
-                        device_id: r.device_id,
-                        time: r.time,
-                        cumulative_energy: r.cumulative_energy,
-                        device_name: block.text(r.name),
-                        index: r.index,
-                    });
-                deltas.apply_message(0, offers, |_, _| {});
+                deltas.apply_message(0, offers(&block, message), |_, _| {});
             }
             deltas.flush();
             deltas.take_rows()

@@ -292,7 +292,12 @@ impl Deltas {
     pub fn emit_ready(&mut self) {
         let watermark = self.watermark.current();
         for (slot, device) in self.devices.iter_mut().enumerate() {
-            device.emit_until(slot as u32, watermark, &mut self.emitted, &mut self.counters);
+            device.emit_until(
+                slot as u32,
+                watermark,
+                &mut self.emitted,
+                &mut self.counters,
+            );
         }
     }
 
@@ -310,9 +315,11 @@ impl Deltas {
     pub fn take_rows(&mut self) -> Vec<DayRows> {
         if self.order.len() != self.devices.len() {
             let devices = &self.devices;
-            self.order.extend(self.order.len() as u32..devices.len() as u32);
+            self.order
+                .extend(self.order.len() as u32..devices.len() as u32);
             // Stable sort: the old prefix is sorted, so this is one merge of two runs.
-            self.order.sort_by_key(|&slot| devices[slot as usize].device_id);
+            self.order
+                .sort_by_key(|&slot| devices[slot as usize].device_id);
         }
         let emitted = std::mem::take(&mut self.emitted);
         // Counting sort of row indices by the rank of their device; stable, so each device's
@@ -383,7 +390,13 @@ fn same_time(accepted_energy: f64, offered_energy: f64) -> Outcome {
 
 impl Device {
     /// Emits pending readings with `time <= until`, oldest first.
-    fn emit_until(&mut self, slot: u32, until: i64, out: &mut Vec<Emitted>, counters: &mut DeltaCounters) {
+    fn emit_until(
+        &mut self,
+        slot: u32,
+        until: i64,
+        out: &mut Vec<Emitted>,
+        counters: &mut DeltaCounters,
+    ) {
         let ready = self.pending.partition_point(|p| p.time <= until);
         if ready == 0 {
             return;

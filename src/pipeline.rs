@@ -97,17 +97,8 @@ impl Processor {
                 record: rejected.record.clone(),
             });
         }
-        let offers = block.readings[message.readings.clone()]
-            .iter()
-            .map(|r| Offer {
-                device_id: r.device_id,
-                time: r.time,
-                cumulative_energy: r.cumulative_energy,
-                device_name: block.text(r.name),
-                index: r.index,
-            });
         self.deltas
-            .apply_message(partition, offers, |offer, outcome| {
+            .apply_message(partition, offers(block, message), |offer, outcome| {
                 let (reason, detail) = match outcome {
                     Outcome::Accepted => return,
                     Outcome::Duplicate => {
@@ -169,6 +160,22 @@ impl Processor {
             dead_letters: std::mem::take(&mut self.dead_letters),
         }
     }
+}
+
+/// A decoded message's valid readings as offers to the state machine.
+pub fn offers<'b>(
+    block: &'b DecodedBlock,
+    message: &DecodedMessage,
+) -> impl Iterator<Item = Offer<'b>> + 'b {
+    block.readings[message.readings.clone()]
+        .iter()
+        .map(|r| Offer {
+            device_id: r.device_id,
+            time: r.time,
+            cumulative_energy: r.cumulative_energy,
+            device_name: block.text(r.name),
+            index: r.index,
+        })
 }
 
 /// A decoded block and the input it came from.
