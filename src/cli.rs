@@ -126,7 +126,7 @@ pub struct TransformArgs {
     #[arg(long, env = "MF_PROCESSING_TIME")]
     pub processing_time: Option<String>,
     /// Readings per epoch; each epoch writes one set of files, so this bounds memory.
-    #[arg(long, env = "MF_EPOCH_READINGS", default_value_t = 5_000_000)]
+    #[arg(long, env = "MF_EPOCH_READINGS", default_value_t = 2_000_000)]
     pub epoch_readings: u64,
     /// Maximum rows per Parquet file.
     #[arg(long, env = "MF_ROWS_PER_FILE", default_value_t = 1_000_000)]
@@ -423,7 +423,7 @@ fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliErr
             allowed_lateness: Duration::from_secs(600),
             max_future: Duration::from_secs(86_400),
             processing_time: None,
-            epoch_readings: 5_000_000,
+            epoch_readings: 2_000_000,
             rows_per_file: 1_000_000,
             zstd_level: 1,
             overwrite: true,

@@ -45,11 +45,18 @@ pub struct DayRows {
 }
 
 impl DayRows {
-    fn new(day: i64) -> Self {
+    fn with_capacity(day: i64, rows: usize) -> Self {
+        let mut name_offsets = Vec::with_capacity(rows + 1);
+        name_offsets.push(0);
         DayRows {
             day,
-            name_offsets: vec![0],
-            ..DayRows::default()
+            device_id: Vec::with_capacity(rows),
+            time: Vec::with_capacity(rows),
+            duration: Vec::with_capacity(rows),
+            delta_energy: Vec::with_capacity(rows),
+            name_offsets,
+            // Names average about 20 bytes.
+            name_bytes: String::with_capacity(rows * 20),
         }
     }
 
@@ -162,6 +169,53 @@ struct Emitted {
     slot: u32,
 }
 
+impl Emitted {
+    /// Filler for a buffer about to be overwritten.
+    const UNSET: Emitted = Emitted {
+        time: 0,
+        duration: None,
+        delta_energy: None,
+        name: 0,
+        slot: 0,
+    };
+}
+
+/// `[start, end)` of a UTC day in µs.
+fn day_bounds(day: i64) -> (i64, i64) {
+    let start = day.saturating_mul(MICROS_PER_DAY);
+    (start, start.saturating_add(MICROS_PER_DAY))
+}
+
+/// Rows per UTC day, sorted by day; rows mostly arrive day by day, so the last day's bounds
+/// answer almost every lookup without a division.
+#[derive(Debug, Default)]
+struct DayCounter {
+    days: Vec<(i64, usize)>,
+    current: Option<(i64, i64, usize)>,
+}
+
+impl DayCounter {
+    fn count(&mut self, time: i64) {
+        if let Some((start, end, index)) = self.current {
+            if time >= start && time < end {
+                self.days[index].1 += 1;
+                return;
+            }
+        }
+        let day = time.div_euclid(MICROS_PER_DAY);
+        let index = match self.days.binary_search_by_key(&day, |&(d, _)| d) {
+            Ok(i) => i,
+            Err(i) => {
+                self.days.insert(i, (day, 0));
+                i
+            }
+        };
+        self.days[index].1 += 1;
+        let (start, end) = day_bounds(day);
+        self.current = Some((start, end, index));
+    }
+}
+
 /// Device names, each stored once in one buffer; a renamed device adds its new name, and
 /// names seen in renames are looked up so a device flipping between names adds nothing.
 #[derive(Debug, Default)]
@@ -202,6 +256,8 @@ pub struct Deltas {
     devices: Vec<Device>,
     /// Rows emitted in the current epoch, in emission order.
     emitted: Vec<Emitted>,
+    /// Scratch for ordering an epoch's rows, kept to reuse its memory.
+    ordered: Vec<Emitted>,
     /// Slots in device-id order (extended when devices were added).
     order: Vec<u32>,
     names: Names,
@@ -216,6 +272,7 @@ impl Deltas {
             slots: FxHashMap::default(),
             devices: Vec::new(),
             emitted: Vec::new(),
+            ordered: Vec::new(),
             order: Vec::new(),
             names: Names::default(),
             watermark: Watermark::new(allowed_lateness),
@@ -321,46 +378,50 @@ impl Deltas {
             self.order
                 .sort_by_key(|&slot| devices[slot as usize].device_id);
         }
-        let emitted = std::mem::take(&mut self.emitted);
-        // Counting sort of row indices by the rank of their device; stable, so each device's
-        // rows keep their emission (= time) order.
+        let mut emitted = std::mem::take(&mut self.emitted);
+        let mut ordered = std::mem::take(&mut self.ordered);
+        // Counting sort by the rank of each row's device; stable, so each device's rows keep
+        // their emission (= time) order. Rows are read in order and written scattered (cheaper
+        // than gathering), into a buffer reused across epochs.
         let mut rank = vec![0u32; self.devices.len()];
         for (position, &slot) in self.order.iter().enumerate() {
             rank[slot as usize] = position as u32;
         }
         let mut starts = vec![0u32; self.devices.len() + 1];
+        let mut day_counts = DayCounter::default();
         for row in &emitted {
             starts[rank[row.slot as usize] as usize + 1] += 1;
+            day_counts.count(row.time);
         }
         for i in 1..starts.len() {
             starts[i] += starts[i - 1];
         }
-        let mut sorted = vec![0u32; emitted.len()];
-        for (index, row) in emitted.iter().enumerate() {
+        ordered.clear();
+        ordered.resize(emitted.len(), Emitted::UNSET);
+        for row in &emitted {
             let next = &mut starts[rank[row.slot as usize] as usize];
-            sorted[*next as usize] = index as u32;
+            ordered[*next as usize] = *row;
             *next += 1;
         }
 
-        let mut days: Vec<DayRows> = Vec::new();
+        let mut days: Vec<DayRows> = day_counts
+            .days
+            .iter()
+            .map(|&(day, rows)| DayRows::with_capacity(day, rows))
+            .collect();
         let (mut day_start, mut day_end, mut bucket) = (i64::MAX, i64::MIN, 0);
-        for index in sorted {
-            let row = &emitted[index as usize];
+        for row in &ordered {
             if row.time < day_start || row.time >= day_end {
                 let day = row.time.div_euclid(MICROS_PER_DAY);
-                day_start = day.saturating_mul(MICROS_PER_DAY);
-                day_end = day_start.saturating_add(MICROS_PER_DAY);
-                bucket = match days.binary_search_by_key(&day, |d| d.day) {
-                    Ok(i) => i,
-                    Err(i) => {
-                        days.insert(i, DayRows::new(day));
-                        i
-                    }
-                };
+                (day_start, day_end) = day_bounds(day);
+                bucket = days.partition_point(|d| d.day < day);
             }
             let device_id = self.devices[row.slot as usize].device_id;
             days[bucket].push(device_id, row, self.names.get(row.name));
         }
+        emitted.clear();
+        self.emitted = emitted;
+        self.ordered = ordered;
         days
     }
 
