@@ -256,8 +256,6 @@ pub struct Deltas {
     devices: Vec<Device>,
     /// Rows emitted in the current epoch, in emission order.
     emitted: Vec<Emitted>,
-    /// Scratch for ordering an epoch's rows, kept to reuse its memory.
-    ordered: Vec<Emitted>,
     /// Slots in device-id order (extended when devices were added).
     order: Vec<u32>,
     names: Names,
@@ -272,7 +270,6 @@ impl Deltas {
             slots: FxHashMap::default(),
             devices: Vec::new(),
             emitted: Vec::new(),
-            ordered: Vec::new(),
             order: Vec::new(),
             names: Names::default(),
             watermark: Watermark::new(allowed_lateness),
@@ -378,11 +375,11 @@ impl Deltas {
             self.order
                 .sort_by_key(|&slot| devices[slot as usize].device_id);
         }
-        let mut emitted = std::mem::take(&mut self.emitted);
-        let mut ordered = std::mem::take(&mut self.ordered);
+        // Both buffers are freed on return: between epochs the state holds no rows.
+        let emitted = std::mem::take(&mut self.emitted);
         // Counting sort by the rank of each row's device; stable, so each device's rows keep
-        // their emission (= time) order. Rows are read in order and written scattered (cheaper
-        // than gathering), into a buffer reused across epochs.
+        // their emission (= time) order. Rows are read in order and written scattered, which
+        // is cheaper than gathering them.
         let mut rank = vec![0u32; self.devices.len()];
         for (position, &slot) in self.order.iter().enumerate() {
             rank[slot as usize] = position as u32;
@@ -396,8 +393,7 @@ impl Deltas {
         for i in 1..starts.len() {
             starts[i] += starts[i - 1];
         }
-        ordered.clear();
-        ordered.resize(emitted.len(), Emitted::UNSET);
+        let mut ordered = vec![Emitted::UNSET; emitted.len()];
         for row in &emitted {
             let next = &mut starts[rank[row.slot as usize] as usize];
             ordered[*next as usize] = *row;
@@ -419,9 +415,6 @@ impl Deltas {
             let device_id = self.devices[row.slot as usize].device_id;
             days[bucket].push(device_id, row, self.names.get(row.name));
         }
-        emitted.clear();
-        self.emitted = emitted;
-        self.ordered = ordered;
         days
     }
 
