@@ -51,8 +51,12 @@ pub enum CliError {
         count: usize,
         example: String,
     },
-    #[error("invalid --processing-time {text:?}: {why}")]
-    ProcessingTime { text: String, why: &'static str },
+    #[error("invalid --{flag} {text:?}: {why}")]
+    InvalidTime {
+        flag: &'static str,
+        text: String,
+        why: &'static str,
+    },
     #[error("cannot format output rows")]
     Format(#[source] arrow::error::ArrowError),
 }
@@ -238,7 +242,8 @@ pub fn transform(
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Summary, CliError> {
     let processing_time = match &args.processing_time {
-        Some(text) => timestamp::parse_micros(text).map_err(|why| CliError::ProcessingTime {
+        Some(text) => timestamp::parse_micros(text).map_err(|why| CliError::InvalidTime {
+            flag: "processing-time",
             text: text.clone(),
             why,
         })?,
@@ -290,7 +295,8 @@ fn micros(duration: Duration) -> i64 {
 
 /// `generate`: writes the fleet to a file or stdout, compressed by extension.
 pub fn generate_file(args: &GenerateArgs) -> Result<GenerateStats, CliError> {
-    let start = timestamp::parse_micros(&args.start).map_err(|why| CliError::ProcessingTime {
+    let start = timestamp::parse_micros(&args.start).map_err(|why| CliError::InvalidTime {
+        flag: "start",
         text: args.start.clone(),
         why,
     })?;

@@ -28,8 +28,8 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("the input reader thread stopped unexpectedly")]
-    ReaderPanicked,
+    #[error("the input reader thread could not start or stopped unexpectedly")]
+    ReaderThread,
 }
 
 /// Settings that decide rows; the same for every source.
@@ -201,7 +201,7 @@ pub fn transform(
     let reader = std::thread::Builder::new()
         .name("meterflow-reader".into())
         .spawn(move || read_and_decode(inputs, limits, sender))
-        .map_err(|_| PipelineError::ReaderPanicked)?;
+        .map_err(|_| PipelineError::ReaderThread)?;
 
     let mut processor = Processor::new(options);
     let mut epoch = 0u64;
@@ -219,7 +219,7 @@ pub fn transform(
         }
         on_progress(&processor.summary);
     }
-    reader.join().map_err(|_| PipelineError::ReaderPanicked)?;
+    reader.join().map_err(|_| PipelineError::ReaderThread)?;
     write_epoch(sink, runtime, epoch, &mut processor, true)?;
     processor.summary.elapsed = started.elapsed();
     Ok(processor.summary)

@@ -174,3 +174,28 @@ fn stdin_input_and_gzip_generate_round_trip() {
         .success()
         .stderr(predicate::str::contains("rows                           4"));
 }
+
+#[test]
+fn invalid_times_in_flags_are_named() {
+    meterflow()
+        .args(["generate", "--start", "yesterday", "--output", "-"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("invalid --start \"yesterday\""));
+    meterflow()
+        .args([
+            "transform",
+            "--input",
+            "-",
+            "--output",
+            "/tmp/never-written",
+            "--processing-time",
+            "noon",
+        ])
+        .write_stdin("")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "invalid --processing-time \"noon\"",
+        ));
+}
