@@ -902,6 +902,26 @@ mod tests {
     }
 
     #[test]
+    fn invalid_utf8_costs_only_its_own_message() {
+        let good = one(GOOD);
+        let mut bytes = one(&GOOD.replace(r#""a""#, "\"a\u{FFFD}\"")).into_bytes();
+        let bad_at = bytes
+            .windows(3)
+            .position(|w| w == "\u{FFFD}".as_bytes())
+            .unwrap();
+        bytes.splice(bad_at..bad_at + 3, [0xff]);
+        let first_end = bytes.len();
+        bytes.push(b'\n');
+        bytes.extend_from_slice(good.as_bytes());
+        let mut block = DecodedBlock::new(bytes);
+        block.decode(0..first_end, 1, &NO_LIMIT);
+        block.decode(first_end + 1..block.bytes().len(), 2, &NO_LIMIT);
+        assert_eq!(block.rejected[0].reason, Reason::InvalidJson);
+        assert_eq!(block.readings.len(), 1);
+        assert_eq!(block.text(block.readings[0].name), "a");
+    }
+
+    #[test]
     fn element_text_returns_the_original_element() {
         let line = format!(r#"{{"measurements":[{GOOD}, {{ "device_id" : 9 }}]}}"#);
         assert_eq!(
