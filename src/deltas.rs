@@ -180,26 +180,21 @@ impl Emitted {
     };
 }
 
-/// `[start, end)` of a UTC day in µs.
-fn day_bounds(day: i64) -> (i64, i64) {
-    let start = day.saturating_mul(MICROS_PER_DAY);
-    (start, start.saturating_add(MICROS_PER_DAY))
-}
-
-/// Rows per UTC day, sorted by day; rows mostly arrive day by day, so the last day's bounds
-/// answer almost every lookup without a division.
+/// The UTC days of an epoch's rows, sorted, with a row count each. Rows mostly come day by
+/// day, so the last day's bounds answer almost every lookup without a division.
 #[derive(Debug, Default)]
-struct DayCounter {
+struct DayIndex {
     days: Vec<(i64, usize)>,
-    current: Option<(i64, i64, usize)>,
+    /// `[start, end)` in µs of the last day looked up, and its index.
+    last: Option<(i64, i64, usize)>,
 }
 
-impl DayCounter {
-    fn count(&mut self, time: i64) {
-        if let Some((start, end, index)) = self.current {
+impl DayIndex {
+    /// Index of the day of `time`, added (with no rows) if it is new.
+    fn locate(&mut self, time: i64) -> usize {
+        if let Some((start, end, index)) = self.last {
             if time >= start && time < end {
-                self.days[index].1 += 1;
-                return;
+                return index;
             }
         }
         let day = time.div_euclid(MICROS_PER_DAY);
@@ -210,9 +205,9 @@ impl DayCounter {
                 i
             }
         };
-        self.days[index].1 += 1;
-        let (start, end) = day_bounds(day);
-        self.current = Some((start, end, index));
+        let start = day.saturating_mul(MICROS_PER_DAY);
+        self.last = Some((start, start.saturating_add(MICROS_PER_DAY), index));
+        index
     }
 }
 
@@ -385,10 +380,11 @@ impl Deltas {
             rank[slot as usize] = position as u32;
         }
         let mut starts = vec![0u32; self.devices.len() + 1];
-        let mut day_counts = DayCounter::default();
+        let mut day_index = DayIndex::default();
         for row in &emitted {
             starts[rank[row.slot as usize] as usize + 1] += 1;
-            day_counts.count(row.time);
+            let day = day_index.locate(row.time);
+            day_index.days[day].1 += 1;
         }
         for i in 1..starts.len() {
             starts[i] += starts[i - 1];
@@ -400,20 +396,15 @@ impl Deltas {
             *next += 1;
         }
 
-        let mut days: Vec<DayRows> = day_counts
+        // Every day is known now, so indexes no longer shift.
+        let mut days: Vec<DayRows> = day_index
             .days
             .iter()
             .map(|&(day, rows)| DayRows::with_capacity(day, rows))
             .collect();
-        let (mut day_start, mut day_end, mut bucket) = (i64::MAX, i64::MIN, 0);
         for row in &ordered {
-            if row.time < day_start || row.time >= day_end {
-                let day = row.time.div_euclid(MICROS_PER_DAY);
-                (day_start, day_end) = day_bounds(day);
-                bucket = days.partition_point(|d| d.day < day);
-            }
             let device_id = self.devices[row.slot as usize].device_id;
-            days[bucket].push(device_id, row, self.names.get(row.name));
+            days[day_index.locate(row.time)].push(device_id, row, self.names.get(row.name));
         }
         days
     }

@@ -11,11 +11,12 @@ use crate::timestamp;
 /// Folder of dead-letter files; the leading underscore makes Hive-style readers skip it.
 pub const DEAD_LETTER_DIR: &str = "_dead_letter";
 
-/// Relative path of the `writer`-th data file of `epoch` for the UTC date of `micros`.
-pub fn data_file(day_of: i64, epoch: u64, writer: usize) -> String {
+/// Relative path of the `writer`-th data file of `epoch` for a UTC day (days since
+/// 1970-01-01).
+pub fn data_file(day: i64, epoch: u64, writer: usize) -> String {
     format!(
         "date={}/part-{epoch:08}-{writer:04}.parquet",
-        timestamp::date_of(day_of)
+        timestamp::date_of_day(day)
     )
 }
 
@@ -41,7 +42,7 @@ mod tests {
     #[test]
     fn names_are_hive_partitioned_and_recognised() {
         let t = timestamp::parse_micros("2022-07-11T23:59:59Z").unwrap();
-        let name = data_file(t, 3, 1);
+        let name = data_file(t.div_euclid(timestamp::MICROS_PER_DAY), 3, 1);
         assert_eq!(name, "date=2022-07-11/part-00000003-0001.parquet");
         assert!(is_output(&name));
         assert!(is_output(&dead_letter_file(3)));

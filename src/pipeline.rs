@@ -88,14 +88,17 @@ impl Processor {
         summary.readings += u64::from(message.measurement_count);
         self.readings_in_epoch += u64::from(message.measurement_count);
         for rejected in &block.rejected[message.rejected.clone()] {
-            summary.dead_letters[rejected.reason.index()] += 1;
-            dead_letters.push(DeadLetter {
-                reason: rejected.reason,
-                detail: rejected.detail.clone(),
-                source: origin(message.position),
-                index: rejected.index,
-                record: rejected.record.clone(),
-            });
+            add_dead_letter(
+                summary,
+                dead_letters,
+                DeadLetter {
+                    reason: rejected.reason,
+                    detail: rejected.detail.clone(),
+                    source: origin(message.position),
+                    index: rejected.index,
+                    record: rejected.record.clone(),
+                },
+            );
         }
         self.deltas
             .apply_message(partition, offers(block, message), |offer, outcome| {
@@ -124,18 +127,21 @@ impl Processor {
                         ),
                     ),
                 };
-                summary.dead_letters[reason.index()] += 1;
-                dead_letters.push(DeadLetter {
-                    reason,
-                    detail,
-                    source: origin(message.position),
-                    index: Some(offer.index),
-                    record: reading::element_text(
-                        &block.bytes()[message.bytes.clone()],
-                        offer.index,
-                    )
-                    .unwrap_or_default(),
-                });
+                add_dead_letter(
+                    summary,
+                    dead_letters,
+                    DeadLetter {
+                        reason,
+                        detail,
+                        source: origin(message.position),
+                        index: Some(offer.index),
+                        record: reading::element_text(
+                            &block.bytes()[message.bytes.clone()],
+                            offer.index,
+                        )
+                        .unwrap_or_default(),
+                    },
+                );
             });
     }
 
@@ -160,6 +166,12 @@ impl Processor {
             dead_letters: std::mem::take(&mut self.dead_letters),
         }
     }
+}
+
+/// Keeps a dead letter for the epoch and counts it by reason.
+fn add_dead_letter(summary: &mut Summary, letters: &mut Vec<DeadLetter>, letter: DeadLetter) {
+    summary.dead_letters[letter.reason.index()] += 1;
+    letters.push(letter);
 }
 
 /// A decoded message's valid readings as offers to the state machine.

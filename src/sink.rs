@@ -131,16 +131,16 @@ impl ParquetSink {
         days: Vec<DayRows>,
     ) -> Result<Vec<EncodedFile>, SinkError> {
         let mut plan = Vec::new();
-        for day in days {
-            let first_time = day.time.first().copied().unwrap_or_default();
-            let whole = batch::to_record_batch(day).map_err(|e| SinkError::Encode {
-                path: layout::data_file(first_time, epoch, 0),
+        for rows in days {
+            let day = rows.day;
+            let whole = batch::to_record_batch(rows).map_err(|e| SinkError::Encode {
+                path: layout::data_file(day, epoch, 0),
                 source: e.into(),
             })?;
             let per_file = self.options.rows_per_file.max(1);
             for (writer, offset) in (0..whole.num_rows()).step_by(per_file).enumerate() {
                 let part = whole.slice(offset, per_file.min(whole.num_rows() - offset));
-                plan.push((layout::data_file(first_time, epoch, writer), part));
+                plan.push((layout::data_file(day, epoch, writer), part));
             }
         }
         plan.into_par_iter()

@@ -95,8 +95,12 @@ pub fn format_micros(micros: i64) -> String {
 
 /// The UTC calendar date (`YYYY-MM-DD`) of an instant: the Hive partition value.
 pub fn date_of(micros: i64) -> String {
-    let day = micros.div_euclid(MICROS_PER_DAY);
-    DateTime::<Utc>::from_timestamp(day * 86_400, 0)
+    date_of_day(micros.div_euclid(MICROS_PER_DAY))
+}
+
+/// The calendar date (`YYYY-MM-DD`) of a day counted from 1970-01-01.
+pub fn date_of_day(day: i64) -> String {
+    DateTime::<Utc>::from_timestamp(day.saturating_mul(86_400), 0)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| format!("day{day}"))
 }
