@@ -33,6 +33,7 @@ pub mod layout;
 pub mod pipeline;
 pub mod reading;
 pub mod reason;
+mod scan;
 pub mod sink;
 pub mod source;
 pub mod store;

@@ -6,6 +6,7 @@
 //! logic stays sequential and deterministic, the expensive parsing uses every core.
 
 use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -15,7 +16,7 @@ use crate::dead_letter::{DeadLetter, Origin};
 use crate::deltas::{DayRows, Deltas, Offer, Outcome};
 use crate::reading::{self, DecodedBlock, DecodedMessage, Limits};
 use crate::reason::Reason;
-use crate::sink::{ParquetSink, SinkError};
+use crate::sink::{EpochFiles, ParquetSink, SinkError};
 use crate::source::{Block, BlockReader, Input, SourceError};
 use crate::summary::Summary;
 use crate::timestamp::format_micros;
@@ -30,6 +31,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("the input reader thread could not start or stopped unexpectedly")]
     ReaderThread,
+    #[error("the output writer thread could not start or stopped unexpectedly")]
+    WriterThread,
 }
 
 /// Settings that decide rows; the same for every source.
@@ -207,7 +210,7 @@ pub fn transform(
 ) -> Result<Summary, PipelineError> {
     let started = Instant::now();
     let names: Vec<String> = inputs.iter().map(Input::name).collect();
-    // Deep enough (about 64 MiB of input) that decoding goes on while an epoch is written.
+    // Deep enough (about 64 MiB of input) that decoding goes on while an epoch is taken.
     let (sender, receiver) = sync_channel(64);
     let limits = options.limits;
     let reader = std::thread::Builder::new()
@@ -216,39 +219,109 @@ pub fn transform(
         .map_err(|_| PipelineError::ReaderThread)?;
 
     let mut processor = Processor::new(options);
-    let mut epoch = 0u64;
-    for decoded in receiver {
-        let DecodedInput { input, block } = decoded?;
-        for message in &block.messages {
-            processor.apply(&block, message, 0, |line| Origin::File {
-                file: names[input].clone(),
-                line,
-            });
-            if processor.epoch_full() {
-                write_epoch(sink, runtime, epoch, &mut processor, false)?;
-                epoch += 1;
+    std::thread::scope(|scope| {
+        let mut writer = EpochWriter::start(scope, sink, runtime)?;
+        let mut epoch = 0u64;
+        for decoded in receiver {
+            let DecodedInput { input, block } = decoded?;
+            for message in &block.messages {
+                processor.apply(&block, message, 0, |line| Origin::File {
+                    file: names[input].clone(),
+                    line,
+                });
+                if processor.epoch_full() {
+                    writer.write(epoch, processor.take_epoch(false))?;
+                    epoch += 1;
+                }
             }
+            on_progress(&processor.summary);
         }
-        on_progress(&processor.summary);
-    }
-    reader.join().map_err(|_| PipelineError::ReaderThread)?;
-    write_epoch(sink, runtime, epoch, &mut processor, true)?;
+        reader.join().map_err(|_| PipelineError::ReaderThread)?;
+        writer.write(epoch, processor.take_epoch(true))?;
+        let written = writer.finish()?;
+        let summary = &mut processor.summary;
+        summary.rows += written.rows;
+        summary.files += written.files;
+        summary.bytes += written.bytes;
+        Ok::<_, PipelineError>(())
+    })?;
     processor.summary.elapsed = started.elapsed();
     Ok(processor.summary)
 }
 
-/// Closes the processor's epoch and uploads its files.
+/// What an [`EpochWriter`] wrote in all.
+#[derive(Debug, Default)]
+struct Written {
+    rows: u64,
+    files: u64,
+    bytes: u64,
+}
+
+/// Encodes and uploads epochs on a thread of its own, so the next epoch's messages are
+/// applied meanwhile. At most one epoch waits in the queue, so memory stays bounded.
+struct EpochWriter<'scope> {
+    sender: Option<SyncSender<(u64, EpochContent)>>,
+    thread: Option<ScopedJoinHandle<'scope, Result<Written, SinkError>>>,
+}
+
+impl<'scope> EpochWriter<'scope> {
+    fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        sink: &'env ParquetSink,
+        runtime: &'env Handle,
+    ) -> Result<Self, PipelineError> {
+        let (sender, receiver) = sync_channel::<(u64, EpochContent)>(1);
+        let thread = std::thread::Builder::new()
+            .name("meterflow-writer".into())
+            .spawn_scoped(scope, move || {
+                let mut written = Written::default();
+                for (epoch, content) in receiver {
+                    let files = write_epoch(sink, runtime, epoch, content)?;
+                    written.rows += files.rows as u64;
+                    written.files += files.data_files.len() as u64;
+                    written.bytes += files.bytes as u64;
+                }
+                Ok(written)
+            })
+            .map_err(|_| PipelineError::WriterThread)?;
+        Ok(EpochWriter {
+            sender: Some(sender),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues an epoch; if the writer has stopped, returns the error that stopped it.
+    fn write(&mut self, epoch: u64, content: EpochContent) -> Result<(), PipelineError> {
+        match &self.sender {
+            Some(sender) if sender.send((epoch, content)).is_ok() => Ok(()),
+            // The writer hangs up only when it failed: joining it tells why.
+            _ => Err(self.join().err().unwrap_or(PipelineError::WriterThread)),
+        }
+    }
+
+    /// Waits until every queued epoch is written.
+    fn finish(mut self) -> Result<Written, PipelineError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Written, PipelineError> {
+        self.sender = None;
+        match self.thread.take().map(ScopedJoinHandle::join) {
+            Some(Ok(result)) => Ok(result?),
+            _ => Err(PipelineError::WriterThread),
+        }
+    }
+}
+
+/// Encodes an epoch and uploads its files.
 fn write_epoch(
     sink: &ParquetSink,
     runtime: &Handle,
     epoch: u64,
-    processor: &mut Processor,
-    end_of_input: bool,
-) -> Result<(), SinkError> {
+    content: EpochContent,
+) -> Result<EpochFiles, SinkError> {
     let _span = tracing::info_span!("epoch", epoch).entered();
     let started = Instant::now();
-    let content = processor.take_epoch(end_of_input);
-    let taken = started.elapsed();
     let mut files = sink.encode_epoch(epoch, content.days)?;
     files.extend(ParquetSink::encode_dead_letters(
         epoch,
@@ -260,16 +333,11 @@ fn write_epoch(
         rows = written.rows,
         files = written.data_files.len(),
         bytes = written.bytes,
-        take_ms = taken.as_millis() as u64,
-        encode_ms = (encoded - taken).as_millis() as u64,
+        encode_ms = encoded.as_millis() as u64,
         upload_ms = (started.elapsed() - encoded).as_millis() as u64,
         "epoch written"
     );
-    let summary = &mut processor.summary;
-    summary.rows += written.rows as u64;
-    summary.files += written.data_files.len() as u64;
-    summary.bytes += written.bytes as u64;
-    Ok(())
+    Ok(written)
 }
 
 /// Reader thread: reads groups of blocks and decodes each group in parallel, in order.

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::reason::Reason;
+use crate::scan::{self, Number, ScannedReading};
 use crate::timestamp;
 
 /// A reading that passed every rule of DESIGN §2.
@@ -182,33 +183,40 @@ impl<'b> Output<'b> {
         let base = self.base;
         let text = &base.as_bytes()[range.clone()];
         let saved = (self.readings.len(), self.unescaped.len());
-        // serde_json's str reader skips the per-string UTF-8 checks the slice reader needs.
-        let fast = match base.str(range) {
-            Some(text) => serde_json::from_str::<FastMessage<'b>>(text),
-            None => serde_json::from_slice::<FastMessage<'b>>(text),
-        };
-        if let Ok(message) = fast {
-            let count = message.measurements.len() as u32;
-            let all_valid = message
-                .measurements
-                .into_iter()
-                .enumerate()
-                .all(
-                    |(index, reading)| match Element::from(reading).validate(limits) {
-                        Ok(valid) => {
-                            self.push(valid, index as u32);
-                            true
-                        }
-                        Err(_) => false,
-                    },
-                );
-            if all_valid {
-                return count;
-            }
-            self.readings.truncate(saved.0);
-            self.unescaped.truncate(saved.1);
+        if let Some(count) = base
+            .str(range)
+            .and_then(|text| self.decode_fast(text, limits))
+        {
+            return count;
         }
+        self.readings.truncate(saved.0);
+        self.unescaped.truncate(saved.1);
         self.decode_slow(text, limits)
+    }
+
+    /// The scanner, else serde's typed pass; `None` unless every reading is valid.
+    fn decode_fast(&mut self, text: &'b str, limits: &Limits) -> Option<u32> {
+        let mut scanned = Vec::new();
+        if scan::scan_message(text, &mut scanned).is_some() {
+            self.push_all(scanned.into_iter().map(Element::from), limits)
+        } else {
+            let message = serde_json::from_str::<FastMessage<'b>>(text).ok()?;
+            self.push_all(message.measurements.into_iter().map(Element::from), limits)
+        }
+    }
+
+    /// Pushes every element if all of them are valid; stops at the first that is not.
+    fn push_all(
+        &mut self,
+        elements: impl ExactSizeIterator<Item = Element<'b>>,
+        limits: &Limits,
+    ) -> Option<u32> {
+        let count = elements.len() as u32;
+        for (index, element) in elements.enumerate() {
+            let valid = element.validate(limits).ok()?;
+            self.push(valid, index as u32);
+        }
+        Some(count)
     }
 
     /// Walks a message with a problem element by element, keeping original texts.
@@ -323,14 +331,6 @@ struct FastReading<'a> {
     cumulative_energy: Number,
 }
 
-/// A JSON number as serde_json read it, so the fast path keeps integer vs float apart exactly
-/// as [`Scalar`] does.
-enum Number {
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-}
-
 impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct NumberVisitor;
@@ -350,6 +350,17 @@ impl<'de> Deserialize<'de> for Number {
             }
         }
         deserializer.deserialize_any(NumberVisitor)
+    }
+}
+
+impl<'a> From<ScannedReading<'a>> for Element<'a> {
+    fn from(reading: ScannedReading<'a>) -> Self {
+        Element::from(FastReading {
+            device_id: reading.device_id,
+            device_name: reading.device_name,
+            time: reading.time,
+            cumulative_energy: reading.cumulative_energy,
+        })
     }
 }
 
