@@ -45,21 +45,6 @@ pub struct DayRows {
 }
 
 impl DayRows {
-    fn with_capacity(day: i64, rows: usize) -> Self {
-        let mut name_offsets = Vec::with_capacity(rows + 1);
-        name_offsets.push(0);
-        DayRows {
-            day,
-            device_id: Vec::with_capacity(rows),
-            time: Vec::with_capacity(rows),
-            duration: Vec::with_capacity(rows),
-            delta_energy: Vec::with_capacity(rows),
-            name_offsets,
-            // Names average about 20 bytes.
-            name_bytes: String::with_capacity(rows * 20),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.device_id.len()
     }
@@ -82,14 +67,59 @@ impl DayRows {
             delta_energy: self.delta_energy[i],
         })
     }
+}
 
-    fn push(&mut self, device_id: i32, row: &Emitted, name: &str) {
-        self.device_id.push(device_id);
-        self.time.push(row.time);
-        self.duration.push(row.duration);
-        self.delta_energy.push(row.delta_energy);
-        self.name_bytes.push_str(name);
-        self.name_offsets.push(self.name_bytes.len() as i32);
+/// A day's fixed-width columns, filled out of order by [`Deltas::take_rows`]; names are
+/// laid out afterwards, in row order, from their ids.
+struct DayColumns {
+    day: i64,
+    device_id: Vec<i32>,
+    time: Vec<i64>,
+    duration: Vec<Option<f32>>,
+    delta_energy: Vec<Option<f32>>,
+    name: Vec<NameId>,
+}
+
+impl DayColumns {
+    /// Zeroed columns of `rows` rows (large zeroed allocations come from the kernel
+    /// already zeroed, so this costs no pass over the memory).
+    fn zeroed(day: i64, rows: usize) -> Self {
+        DayColumns {
+            day,
+            device_id: vec![0; rows],
+            time: vec![0; rows],
+            duration: vec![None; rows],
+            delta_energy: vec![None; rows],
+            name: vec![0; rows],
+        }
+    }
+
+    fn set(&mut self, at: usize, device_id: i32, row: &Emitted) {
+        self.device_id[at] = device_id;
+        self.time[at] = row.time;
+        self.duration[at] = row.duration;
+        self.delta_energy[at] = row.delta_energy;
+        self.name[at] = row.name;
+    }
+
+    fn into_rows(self, names: &Names) -> DayRows {
+        let mut name_offsets = Vec::with_capacity(self.name.len() + 1);
+        name_offsets.push(0);
+        // Names average about 20 bytes.
+        let mut name_bytes = String::with_capacity(self.name.len() * 20);
+        for &id in &self.name {
+            name_bytes.push_str(names.get(id));
+            name_offsets.push(name_bytes.len() as i32);
+        }
+        DayRows {
+            day: self.day,
+            device_id: self.device_id,
+            time: self.time,
+            duration: self.duration,
+            delta_energy: self.delta_energy,
+            name_offsets,
+            name_bytes,
+        }
     }
 }
 
@@ -167,17 +197,6 @@ struct Emitted {
     name: NameId,
     /// The device's slot.
     slot: u32,
-}
-
-impl Emitted {
-    /// Filler for a buffer about to be overwritten.
-    const UNSET: Emitted = Emitted {
-        time: 0,
-        duration: None,
-        delta_energy: None,
-        name: 0,
-        slot: 0,
-    };
 }
 
 /// The UTC days of an epoch's rows, sorted, with a row count each. Rows mostly come day by
@@ -361,7 +380,57 @@ impl Deltas {
 
     /// Takes the rows emitted since the last call, grouped by UTC day (ascending) and sorted
     /// by (device_id, time) within each day.
+    ///
+    /// A stable counting sort on each row's (day, device rank), written straight into the
+    /// day's columns: rows are read in emission order and scattered once, with no
+    /// intermediate copy. Stability keeps each device's rows in emission (= time) order.
     pub fn take_rows(&mut self) -> Vec<DayRows> {
+        self.update_order();
+        let devices = self.devices.len();
+        let mut rank = vec![0u32; devices];
+        for (position, &slot) in self.order.iter().enumerate() {
+            rank[slot as usize] = position as u32;
+        }
+        let mut day_index = DayIndex::default();
+        for row in &self.emitted {
+            let day = day_index.locate(row.time);
+            day_index.days[day].1 += 1;
+        }
+        // Every day is known now, so indexes no longer shift. `next[day][rank]` becomes
+        // where the device's next row of that day goes.
+        let stride = devices + 1;
+        let mut next = vec![0u32; day_index.days.len() * stride];
+        for row in &self.emitted {
+            let day = day_index.locate(row.time);
+            next[day * stride + rank[row.slot as usize] as usize + 1] += 1;
+        }
+        for counts in next.chunks_exact_mut(stride) {
+            for i in 1..stride {
+                counts[i] += counts[i - 1];
+            }
+        }
+        let mut columns: Vec<DayColumns> = day_index
+            .days
+            .iter()
+            .map(|&(day, rows)| DayColumns::zeroed(day, rows))
+            .collect();
+        for row in &self.emitted {
+            let day = day_index.locate(row.time);
+            let at = &mut next[day * stride + rank[row.slot as usize] as usize];
+            let device_id = self.devices[row.slot as usize].device_id;
+            columns[day].set(*at as usize, device_id, row);
+            *at += 1;
+        }
+        // The buffer keeps its capacity: the next epoch fills it without faulting memory in.
+        self.emitted.clear();
+        columns
+            .into_iter()
+            .map(|day| day.into_rows(&self.names))
+            .collect()
+    }
+
+    /// Keeps `order` listing every slot by device id.
+    fn update_order(&mut self) {
         if self.order.len() != self.devices.len() {
             let devices = &self.devices;
             self.order
@@ -370,43 +439,6 @@ impl Deltas {
             self.order
                 .sort_by_key(|&slot| devices[slot as usize].device_id);
         }
-        // Both buffers are freed on return: between epochs the state holds no rows.
-        let emitted = std::mem::take(&mut self.emitted);
-        // Counting sort by the rank of each row's device; stable, so each device's rows keep
-        // their emission (= time) order. Rows are read in order and written scattered, which
-        // is cheaper than gathering them.
-        let mut rank = vec![0u32; self.devices.len()];
-        for (position, &slot) in self.order.iter().enumerate() {
-            rank[slot as usize] = position as u32;
-        }
-        let mut starts = vec![0u32; self.devices.len() + 1];
-        let mut day_index = DayIndex::default();
-        for row in &emitted {
-            starts[rank[row.slot as usize] as usize + 1] += 1;
-            let day = day_index.locate(row.time);
-            day_index.days[day].1 += 1;
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut ordered = vec![Emitted::UNSET; emitted.len()];
-        for row in &emitted {
-            let next = &mut starts[rank[row.slot as usize] as usize];
-            ordered[*next as usize] = *row;
-            *next += 1;
-        }
-
-        // Every day is known now, so indexes no longer shift.
-        let mut days: Vec<DayRows> = day_index
-            .days
-            .iter()
-            .map(|&(day, rows)| DayRows::with_capacity(day, rows))
-            .collect();
-        for row in &ordered {
-            let device_id = self.devices[row.slot as usize].device_id;
-            days[day_index.locate(row.time)].push(device_id, row, self.names.get(row.name));
-        }
-        days
     }
 
     /// The watermark, for partition bookkeeping by the pipeline.
