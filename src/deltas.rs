@@ -69,6 +69,74 @@ impl DayRows {
     }
 }
 
+/// An epoch's rows in emission order plus a snapshot of what laying them out needs.
+#[derive(Debug)]
+pub struct EpochRows {
+    emitted: Vec<Emitted>,
+    /// Device id of each slot.
+    device_ids: Vec<i32>,
+    /// Position of each slot in device-id order.
+    rank: Vec<u32>,
+    names: Names,
+}
+
+impl EpochRows {
+    pub fn len(&self) -> usize {
+        self.emitted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.emitted.is_empty()
+    }
+
+    /// The rows grouped by UTC day (ascending), sorted by (device_id, time) within each day.
+    ///
+    /// A stable counting sort on each row's (day, device rank), written straight into the
+    /// day's columns: rows are read in emission order and scattered once, with no
+    /// intermediate copy. Stability keeps each device's rows in emission (= time) order.
+    pub fn into_days(self) -> Vec<DayRows> {
+        let EpochRows {
+            emitted,
+            device_ids,
+            rank,
+            names,
+        } = self;
+        let mut day_index = DayIndex::default();
+        for row in &emitted {
+            let day = day_index.locate(row.time);
+            day_index.days[day].1 += 1;
+        }
+        // Every day is known now, so indexes no longer shift. `next[day][rank]` becomes
+        // where the device's next row of that day goes.
+        let stride = device_ids.len() + 1;
+        let mut next = vec![0u32; day_index.days.len() * stride];
+        for row in &emitted {
+            let day = day_index.locate(row.time);
+            next[day * stride + rank[row.slot as usize] as usize + 1] += 1;
+        }
+        for counts in next.chunks_exact_mut(stride) {
+            for i in 1..stride {
+                counts[i] += counts[i - 1];
+            }
+        }
+        let mut columns: Vec<DayColumns> = day_index
+            .days
+            .iter()
+            .map(|&(day, rows)| DayColumns::zeroed(day, rows))
+            .collect();
+        for row in &emitted {
+            let day = day_index.locate(row.time);
+            let at = &mut next[day * stride + rank[row.slot as usize] as usize];
+            columns[day].set(*at as usize, device_ids[row.slot as usize], row);
+            *at += 1;
+        }
+        columns
+            .into_iter()
+            .map(|day| day.into_rows(&names))
+            .collect()
+    }
+}
+
 /// A day's fixed-width columns, filled out of order by [`Deltas::take_rows`]; names are
 /// laid out afterwards, in row order, from their ids.
 struct DayColumns {
@@ -252,6 +320,16 @@ impl Names {
         (self.spans.len() - 1) as NameId
     }
 
+    /// The names text and spans, for laying out an epoch elsewhere (renames are not needed
+    /// there).
+    fn snapshot(&self) -> Names {
+        Names {
+            text: self.text.clone(),
+            spans: self.spans.clone(),
+            renamed: FxHashMap::default(),
+        }
+    }
+
     fn rename(&mut self, name: &str) -> NameId {
         if let Some(&id) = self.renamed.get(name) {
             return id;
@@ -380,53 +458,24 @@ impl Deltas {
 
     /// Takes the rows emitted since the last call, grouped by UTC day (ascending) and sorted
     /// by (device_id, time) within each day.
-    ///
-    /// A stable counting sort on each row's (day, device rank), written straight into the
-    /// day's columns: rows are read in emission order and scattered once, with no
-    /// intermediate copy. Stability keeps each device's rows in emission (= time) order.
     pub fn take_rows(&mut self) -> Vec<DayRows> {
+        self.take_epoch_rows().into_days()
+    }
+
+    /// Takes the rows emitted since the last call with what ordering them needs, so the
+    /// ordering can run on another thread while this state takes the next epoch.
+    pub fn take_epoch_rows(&mut self) -> EpochRows {
         self.update_order();
-        let devices = self.devices.len();
-        let mut rank = vec![0u32; devices];
+        let mut rank = vec![0u32; self.devices.len()];
         for (position, &slot) in self.order.iter().enumerate() {
             rank[slot as usize] = position as u32;
         }
-        let mut day_index = DayIndex::default();
-        for row in &self.emitted {
-            let day = day_index.locate(row.time);
-            day_index.days[day].1 += 1;
+        EpochRows {
+            emitted: std::mem::take(&mut self.emitted),
+            device_ids: self.devices.iter().map(|d| d.device_id).collect(),
+            rank,
+            names: self.names.snapshot(),
         }
-        // Every day is known now, so indexes no longer shift. `next[day][rank]` becomes
-        // where the device's next row of that day goes.
-        let stride = devices + 1;
-        let mut next = vec![0u32; day_index.days.len() * stride];
-        for row in &self.emitted {
-            let day = day_index.locate(row.time);
-            next[day * stride + rank[row.slot as usize] as usize + 1] += 1;
-        }
-        for counts in next.chunks_exact_mut(stride) {
-            for i in 1..stride {
-                counts[i] += counts[i - 1];
-            }
-        }
-        let mut columns: Vec<DayColumns> = day_index
-            .days
-            .iter()
-            .map(|&(day, rows)| DayColumns::zeroed(day, rows))
-            .collect();
-        for row in &self.emitted {
-            let day = day_index.locate(row.time);
-            let at = &mut next[day * stride + rank[row.slot as usize] as usize];
-            let device_id = self.devices[row.slot as usize].device_id;
-            columns[day].set(*at as usize, device_id, row);
-            *at += 1;
-        }
-        // The buffer keeps its capacity: the next epoch fills it without faulting memory in.
-        self.emitted.clear();
-        columns
-            .into_iter()
-            .map(|day| day.into_rows(&self.names))
-            .collect()
     }
 
     /// Keeps `order` listing every slot by device id.
