@@ -1,15 +1,15 @@
 //! The processing loop: decoded messages → deltas → epochs of rows and dead letters → sink.
 //!
 //! [`Processor`] is source-agnostic (file mode and Kafka mode drive the same one); [`transform`]
-//! is the file-mode driver. Decoding runs on a reader thread that decodes groups of blocks in
-//! parallel with rayon, while this thread applies the previous group in order: the per-device
-//! logic stays sequential and deterministic, the expensive parsing uses every core.
+//! is the file-mode driver, three stages that overlap: a reader thread hands each block to the
+//! rayon pool to decode (the expensive parsing uses every core); this thread applies decoded
+//! messages in input order (the per-device logic stays sequential and deterministic); a
+//! writer thread orders, encodes and uploads each finished epoch.
 
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
-use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use crate::dead_letter::{DeadLetter, Origin};
@@ -223,8 +223,9 @@ pub fn transform(
     std::thread::scope(|scope| {
         let mut writer = EpochWriter::start(scope, sink, runtime)?;
         let mut epoch = 0u64;
-        for decoded in receiver {
-            let DecodedInput { input, block } = decoded?;
+        for decoding in receiver {
+            let DecodedInput { input, block } =
+                decoding?.recv().map_err(|_| PipelineError::ReaderThread)?;
             for message in &block.messages {
                 processor.apply(&block, message, 0, |line| Origin::File {
                     file: names[input].clone(),
@@ -344,42 +345,31 @@ fn write_epoch(
     Ok(written)
 }
 
-/// Reader thread: reads groups of blocks and decodes each group in parallel, in order.
+/// A block being decoded on the rayon pool; its result arrives on this receiver.
+type Decoding = Receiver<DecodedInput>;
+
+/// Reader thread: reads blocks in order and hands each to the rayon pool to decode, queueing
+/// the pending results in input order, so reading, decoding and applying all overlap.
 fn read_and_decode(
     inputs: Vec<Input>,
     limits: Limits,
-    sender: SyncSender<Result<DecodedInput, SourceError>>,
+    sender: SyncSender<Result<Decoding, SourceError>>,
 ) {
     let mut reader = BlockReader::new(inputs);
-    let group = rayon::current_num_threads() * 2;
     loop {
-        let mut blocks = Vec::with_capacity(group);
-        let mut failure = None;
-        while blocks.len() < group {
-            match reader.next_block() {
-                Ok(Some(block)) => blocks.push(block),
-                Ok(None) => break,
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
-        let finished = blocks.len() < group;
-        let decoded: Vec<DecodedInput> = blocks
-            .into_par_iter()
-            .map(|block| decode_block(block, &limits))
-            .collect();
-        for item in decoded {
-            if sender.send(Ok(item)).is_err() {
+        let block = match reader.next_block() {
+            Ok(Some(block)) => block,
+            Ok(None) => return,
+            Err(error) => {
+                let _ = sender.send(Err(error));
                 return;
             }
-        }
-        if let Some(error) = failure {
-            let _ = sender.send(Err(error));
-            return;
-        }
-        if finished {
+        };
+        let (done, decoding) = sync_channel(1);
+        rayon::spawn(move || {
+            let _ = done.send(decode_block(block, &limits));
+        });
+        if sender.send(Ok(decoding)).is_err() {
             return;
         }
     }
