@@ -1,0 +1,190 @@
+//! Real services for integration tests, started with testcontainers: an S3 server (SeaweedFS
+//! stand-in or MinIO) and a Kafka-protocol broker (tansu stand-in or Apache Kafka).
+//!
+//! `scripts/services` provides the runtime (`DOCKER_HOST`) and image names
+//! (`MF_TEST_S3_IMAGE`, `MF_TEST_KAFKA_IMAGE`). Without them a test is skipped with a message —
+//! except under `CI=true`, where a missing service fails the run.
+#![allow(dead_code)] // Each test binary uses its own part of the support module.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::signer::Signer;
+use object_store::ObjectStore;
+use testcontainers::bollard::models::{HostConfig, PortBinding};
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+/// The credentials every test S3 server accepts (baked into the SeaweedFS image; set as the
+/// root user for MinIO).
+pub const ACCESS_KEY: &str = "meterflow-test";
+pub const SECRET_KEY: &str = "meterflow-test-secret";
+pub const REGION: &str = "us-east-1";
+
+/// The image to use for a service, or `None` when the test should be skipped.
+fn image_for(variable: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(image) if !image.is_empty() => Some(image),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("{variable} is not set under CI=true: run `eval \"$(scripts/services)\"` first")
+        }
+        _ => {
+            eprintln!("skipped: {variable} is not set (run `eval \"$(scripts/services)\"`)");
+            None
+        }
+    }
+}
+
+/// `name:tag` split for testcontainers (a registry host's port stays in the name).
+fn split_image(image: &str) -> (String, String) {
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name.into(), tag.into()),
+        _ => (image.into(), "latest".into()),
+    }
+}
+
+/// Publishes `port` on a random port of 127.0.0.1. podman reports publish-all bindings with an
+/// empty host IP, which testcontainers skips, so the binding is made explicit.
+fn bind_loopback(port: u16) -> impl Fn(&mut HostConfig) + Send + Sync + 'static {
+    move |config: &mut HostConfig| {
+        config.publish_all_ports = Some(false);
+        config.port_bindings = Some(
+            [(
+                format!("{port}/tcp"),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
+            )]
+            .into(),
+        );
+    }
+}
+
+/// A running S3 server.
+pub struct S3Server {
+    pub container: ContainerAsync<GenericImage>,
+    port: u16,
+}
+
+impl S3Server {
+    /// Starts the server of `MF_TEST_S3_IMAGE`; `None` when skipped.
+    pub async fn start() -> Option<S3Server> {
+        let image = image_for("MF_TEST_S3_IMAGE")?;
+        let (name, tag) = split_image(&image);
+        let minio = name.contains("minio");
+        let port = if minio { 9000 } else { 8333 };
+        let wait = if minio {
+            WaitFor::message_on_stdout("API:")
+        } else {
+            WaitFor::message_on_stderr("Start Seaweed S3 API Server")
+        };
+        let mut request = GenericImage::new(name, tag)
+            .with_exposed_port(ContainerPort::Tcp(port))
+            .with_wait_for(wait)
+            .with_host_config_modifier(bind_loopback(port))
+            .with_startup_timeout(Duration::from_secs(60));
+        if minio {
+            request = request
+                .with_cmd(["server", "/data"])
+                .with_env_var("MINIO_ROOT_USER", ACCESS_KEY)
+                .with_env_var("MINIO_ROOT_PASSWORD", SECRET_KEY);
+        }
+        let container = request
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("cannot start the S3 container {image}: {e}"));
+        Some(S3Server { container, port })
+    }
+
+    /// Starts a stopped server again and waits until it answers requests.
+    pub async fn restart(&self, bucket: &str) {
+        self.container
+            .start()
+            .await
+            .expect("restart the S3 container");
+        let client = self.client(bucket).await;
+        let started = std::time::Instant::now();
+        while client.list_with_delimiter(None).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the S3 server did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (the port changes when the container is restarted).
+    pub async fn endpoint(&self) -> String {
+        let port = self
+            .container
+            .get_host_port_ipv4(self.port)
+            .await
+            .expect("the S3 port is published");
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// A client of `bucket` with the test credentials.
+    pub async fn client(&self, bucket: &str) -> Arc<AmazonS3> {
+        let store = AmazonS3Builder::new()
+            .with_endpoint(self.endpoint().await)
+            .with_region(REGION)
+            .with_bucket_name(bucket)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .expect("valid S3 client settings");
+        Arc::new(store)
+    }
+
+    /// Creates a fresh bucket (object_store cannot create buckets: a presigned `PUT /bucket`).
+    pub async fn create_bucket(&self, prefix: &str) -> String {
+        let bucket = unique_name(prefix);
+        let client = self.client(&bucket).await;
+        let url = client
+            .signed_url(
+                reqwest::Method::PUT,
+                &Path::from(""),
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("presigned bucket URL");
+        let response = reqwest::Client::new()
+            .put(url)
+            .send()
+            .await
+            .expect("bucket creation request");
+        assert!(
+            response.status().is_success(),
+            "creating bucket {bucket}: {}",
+            response.status()
+        );
+        bucket
+    }
+
+    /// Environment for a `meterflow` process writing to this server.
+    pub async fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", REGION.into()),
+            ("MF_S3_ENDPOINT", self.endpoint().await),
+        ]
+    }
+}
+
+/// A name no other test of this run uses (buckets, topics, groups): lowercase, dash-separated.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
