@@ -47,9 +47,13 @@ fn split_image(image: &str) -> (String, String) {
     }
 }
 
-/// Publishes `port` on a random port of 127.0.0.1. podman reports publish-all bindings with an
-/// empty host IP, which testcontainers skips, so the binding is made explicit.
-fn bind_loopback(port: u16) -> impl Fn(&mut HostConfig) + Send + Sync + 'static {
+/// Publishes container `port` on 127.0.0.1, on `host_port` or (`None`) a random port. podman
+/// reports publish-all bindings with an empty host IP, which testcontainers skips, so the
+/// binding is always explicit.
+fn bind_loopback(
+    port: u16,
+    host_port: Option<u16>,
+) -> impl Fn(&mut HostConfig) + Send + Sync + 'static {
     move |config: &mut HostConfig| {
         config.publish_all_ports = Some(false);
         config.port_bindings = Some(
@@ -57,7 +61,7 @@ fn bind_loopback(port: u16) -> impl Fn(&mut HostConfig) + Send + Sync + 'static 
                 format!("{port}/tcp"),
                 Some(vec![PortBinding {
                     host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(String::new()),
+                    host_port: Some(host_port.map(|p| p.to_string()).unwrap_or_default()),
                 }]),
             )]
             .into(),
@@ -86,7 +90,7 @@ impl S3Server {
         let mut request = GenericImage::new(name, tag)
             .with_exposed_port(ContainerPort::Tcp(port))
             .with_wait_for(wait)
-            .with_host_config_modifier(bind_loopback(port))
+            .with_host_config_modifier(bind_loopback(port, None))
             .with_startup_timeout(Duration::from_secs(60));
         if minio {
             request = request
@@ -187,4 +191,65 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A running Kafka-protocol broker, reachable at [`KafkaBroker::bootstrap`].
+pub struct KafkaBroker {
+    pub container: ContainerAsync<GenericImage>,
+    pub bootstrap: String,
+}
+
+impl KafkaBroker {
+    /// Starts the broker of `MF_TEST_KAFKA_IMAGE`; `None` when skipped. The host port is
+    /// chosen first, because the broker must advertise the address clients reach it at.
+    pub async fn start() -> Option<KafkaBroker> {
+        let image = image_for("MF_TEST_KAFKA_IMAGE")?;
+        let (name, tag) = split_image(&image);
+        let port = free_port();
+        let advertised = format!("127.0.0.1:{port}");
+        let request =
+            GenericImage::new(name.clone(), tag).with_exposed_port(ContainerPort::Tcp(9092));
+        let request = if name.contains("apache/kafka") {
+            // A single KRaft node (broker and controller), as Apache Kafka's image documents.
+            request
+                .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+                .with_env_var("KAFKA_NODE_ID", "1")
+                .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
+                .with_env_var("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
+                .with_env_var(
+                    "KAFKA_ADVERTISED_LISTENERS",
+                    format!("PLAINTEXT://{advertised}"),
+                )
+                .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+                .with_env_var(
+                    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+                    "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                )
+                .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
+                .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+                .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        } else {
+            request
+                .with_wait_for(WaitFor::message_on_stdout("ready in"))
+                .with_env_var("ADVERTISED_LISTENER_URL", format!("tcp://{advertised}"))
+        };
+        let container = request
+            .with_host_config_modifier(bind_loopback(9092, Some(port)))
+            .with_startup_timeout(Duration::from_secs(90))
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("cannot start the Kafka container {image}: {e}"));
+        Some(KafkaBroker {
+            container,
+            bootstrap: advertised,
+        })
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free local port")
+        .port()
 }

@@ -1,0 +1,102 @@
+//! Smoke test of the Kafka-protocol broker the integration tests use (tansu here, Apache Kafka
+//! where a registry is reachable): produce, consume with a consumer group, commit an offset,
+//! and a second consumer of the group resumes exactly there.
+
+mod support;
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset};
+use support::{unique_name, KafkaBroker};
+
+const MESSAGES: i64 = 100;
+const FIRST_CONSUMER_TAKES: i64 = 40;
+
+fn config(broker: &KafkaBroker) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &broker.bootstrap);
+    config
+}
+
+fn consumer(broker: &KafkaBroker, group: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = config(broker)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        // A consumer that goes away hands its partitions over quickly.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// The next message's (offset, payload), failing after 30 s instead of hanging.
+async fn next(consumer: &StreamConsumer) -> (i64, String) {
+    let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a message within 30 s")
+        .expect("consume");
+    let payload = String::from_utf8(message.payload().unwrap_or_default().to_vec()).unwrap();
+    (message.offset(), payload)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_resumes_from_its_committed_offset() {
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let topic = unique_name("smoke");
+    let admin: AdminClient<DefaultClientContext> = config(&broker).create().expect("admin");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create_topics request");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let producer: FutureProducer = config(&broker).create().expect("producer");
+    for i in 0..MESSAGES {
+        let payload = format!("message-{i}");
+        let record = FutureRecord::to(&topic).key("meter").payload(&payload);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("delivered");
+    }
+
+    let group = unique_name("group");
+    let first = consumer(&broker, &group, &topic);
+    for i in 0..FIRST_CONSUMER_TAKES {
+        assert_eq!(next(&first).await, (i, format!("message-{i}")));
+    }
+    // The committed position is the next offset to read.
+    let mut position = rdkafka::TopicPartitionList::new();
+    position
+        .add_partition_offset(&topic, 0, Offset::Offset(FIRST_CONSUMER_TAKES))
+        .unwrap();
+    first.commit(&position, CommitMode::Sync).expect("commit");
+    let committed = first
+        .committed(Duration::from_secs(10))
+        .expect("committed offsets");
+    assert_eq!(
+        committed.find_partition(&topic, 0).map(|p| p.offset()),
+        Some(Offset::Offset(FIRST_CONSUMER_TAKES))
+    );
+    first.unsubscribe();
+    drop(first);
+
+    let second = consumer(&broker, &group, &topic);
+    for i in FIRST_CONSUMER_TAKES..MESSAGES {
+        assert_eq!(next(&second).await, (i, format!("message-{i}")));
+    }
+}
