@@ -81,14 +81,6 @@ pub struct EpochRows {
 }
 
 impl EpochRows {
-    pub fn len(&self) -> usize {
-        self.emitted.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.emitted.is_empty()
-    }
-
     /// The rows grouped by UTC day (ascending), sorted by (device_id, time) within each day.
     ///
     /// A stable counting sort on each row's (day, device rank), written straight into the

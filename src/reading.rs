@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::reason::Reason;
-use crate::scan::{self, Number, ScannedReading};
+use crate::scan::{self, Number, ScannedReading, TypedMessage};
 use crate::timestamp;
 
 /// A reading that passed every rule of DESIGN §2.
@@ -200,7 +200,7 @@ impl<'b> Output<'b> {
         if scan::scan_message(text, &mut scanned).is_some() {
             self.push_all(scanned.into_iter().map(Element::from), limits)
         } else {
-            let message = serde_json::from_str::<FastMessage<'b>>(text).ok()?;
+            let message = serde_json::from_str::<TypedMessage<'b>>(text).ok()?;
             self.push_all(message.measurements.into_iter().map(Element::from), limits)
         }
     }
@@ -313,59 +313,8 @@ pub fn element_text(message: &[u8], index: u32) -> Option<String> {
     elements.get(index as usize).map(|raw| raw.get().to_owned())
 }
 
-/// The fast path's view of a message; unknown fields are skipped, anything else unusual is
-/// an error that sends the message to the slow path.
-#[derive(Deserialize)]
-struct FastMessage<'a> {
-    #[serde(borrow)]
-    measurements: Vec<FastReading<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FastReading<'a> {
-    device_id: i64,
-    #[serde(borrow)]
-    device_name: Cow<'a, str>,
-    #[serde(borrow)]
-    time: Cow<'a, str>,
-    cumulative_energy: Number,
-}
-
-impl<'de> Deserialize<'de> for Number {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NumberVisitor;
-        impl Visitor<'_> for NumberVisitor {
-            type Value = Number;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number")
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
-                Ok(Number::Int(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
-                Ok(Number::UInt(v))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
-                Ok(Number::Float(v))
-            }
-        }
-        deserializer.deserialize_any(NumberVisitor)
-    }
-}
-
 impl<'a> From<ScannedReading<'a>> for Element<'a> {
     fn from(reading: ScannedReading<'a>) -> Self {
-        Element::from(FastReading {
-            device_id: reading.device_id,
-            device_name: reading.device_name,
-            time: reading.time,
-            cumulative_energy: reading.cumulative_energy,
-        })
-    }
-}
-
-impl<'a> From<FastReading<'a>> for Element<'a> {
-    fn from(reading: FastReading<'a>) -> Self {
         Element::Fields(RawFields {
             device_id: Some(Scalar::Int(reading.device_id)),
             device_name: Some(Scalar::Str(reading.device_name)),

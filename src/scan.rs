@@ -2,14 +2,18 @@
 //! shape meters send, `{"measurements":[{...}, ...]}` with four scalar fields per reading.
 //!
 //! Decoding is the hot path and a general JSON parser spends most of its time on generality
-//! (visitors, escapes, arbitrary nesting). This scanner reads exactly the common case and
-//! answers `None` for anything else — an escape, a nested value in an unknown field, a
-//! repeated or missing field, an exotic number — so the serde paths in [`crate::reading`]
-//! decide every unusual message. It never decides *differently* from serde_json: when it
-//! answers, serde_json's typed decoding gives the same values (a property test checks this on
+//! (visitors, arbitrary nesting). This scanner reads exactly the common case and answers
+//! `None` for anything else — a nested value in an unknown field, a repeated or missing field,
+//! an exotic number — so the serde paths in [`crate::reading`] decide every unusual message.
+//! It never decides *differently* from serde_json: when it answers, serde_json's typed
+//! decoding into [`TypedMessage`] gives the same values (a property test checks this on
 //! arbitrary messages).
 
 use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, Visitor};
+use serde::Deserialize;
 
 /// A JSON number, kept as serde_json classifies it so validation treats both paths alike.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,13 +23,47 @@ pub(crate) enum Number {
     Float(f64),
 }
 
-/// One reading's fields as found, strings borrowed from the message.
-#[derive(Debug, Clone, PartialEq)]
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumberVisitor;
+        impl Visitor<'_> for NumberVisitor {
+            type Value = Number;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+                Ok(Number::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+                Ok(Number::UInt(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+                Ok(Number::Float(v))
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor)
+    }
+}
+
+/// One reading's fields as found, strings borrowed from the message where they have no
+/// escapes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct ScannedReading<'a> {
     pub device_id: i64,
+    #[serde(borrow)]
     pub device_name: Cow<'a, str>,
+    #[serde(borrow)]
     pub time: Cow<'a, str>,
     pub cumulative_energy: Number,
+}
+
+/// serde_json's typed, borrowed reading of the same shape: the fallback for messages the
+/// scanner leaves (unknown fields are skipped; anything else unusual is an error that sends
+/// the message to the slow path), and the reference the scanner must agree with.
+#[derive(Deserialize)]
+pub(crate) struct TypedMessage<'a> {
+    #[serde(borrow)]
+    pub measurements: Vec<ScannedReading<'a>>,
 }
 
 /// Scans a whole message into `out`; `None` (with `out` in any state) when the message is
@@ -395,23 +433,6 @@ mod tests {
         }
     }
 
-    /// serde_json's typed reading of the same message, the reference the scanner must match.
-    #[derive(serde::Deserialize)]
-    struct Message<'a> {
-        #[serde(borrow)]
-        measurements: Vec<Reading<'a>>,
-    }
-
-    #[derive(serde::Deserialize)]
-    struct Reading<'a> {
-        device_id: i64,
-        #[serde(borrow)]
-        device_name: Cow<'a, str>,
-        #[serde(borrow)]
-        time: Cow<'a, str>,
-        cumulative_energy: Number,
-    }
-
     /// Pieces of JSON text meant to hit every branch: usual and unusual keys, strings with
     /// escapes and control characters, numbers of every shape, nesting, stray bytes.
     fn piece() -> impl Strategy<Value = String> {
@@ -489,20 +510,9 @@ mod tests {
         #[test]
         fn agrees_with_serde_json_whenever_it_answers(text in message()) {
             if let Some(scanned) = scan(&text) {
-                let message = serde_json::from_str::<Message>(&text);
+                let message = serde_json::from_str::<TypedMessage>(&text);
                 prop_assert!(message.is_ok(), "serde_json refused what the scanner read: {text}");
-                let expected: Vec<ScannedReading> = message
-                    .unwrap()
-                    .measurements
-                    .into_iter()
-                    .map(|r| ScannedReading {
-                        device_id: r.device_id,
-                        device_name: r.device_name,
-                        time: r.time,
-                        cumulative_energy: r.cumulative_energy,
-                    })
-                    .collect();
-                prop_assert_eq!(scanned, expected, "{}", text);
+                prop_assert_eq!(scanned, message.unwrap().measurements, "{}", text);
             }
         }
 

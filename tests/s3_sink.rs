@@ -104,6 +104,17 @@ fn assert_exact_schema(bytes: bytes::Bytes) {
     );
 }
 
+/// Reads every Parquet object among `names` under `prefix` whole and checks its schema.
+async fn assert_parquet_objects_exact(store: &dyn ObjectStore, prefix: &str, names: &[String]) {
+    for name in names.iter().filter(|n| n.ends_with(".parquet")) {
+        let object = store
+            .get(&Path::from(format!("{prefix}/{name}")))
+            .await
+            .unwrap();
+        assert_exact_schema(object.bytes().await.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_output_equals_a_local_run_with_the_exact_schema() {
     let Some(s3) = S3Server::start().await else {
@@ -154,13 +165,7 @@ async fn s3_output_equals_a_local_run_with_the_exact_schema() {
     let local_rows = read_all(&local_location).await.unwrap();
     assert!(remote_rows.iter().map(|b| b.num_rows()).sum::<usize>() > 1000);
     assert_eq!(remote_rows, local_rows);
-    for name in parquet {
-        let object = client
-            .get(&Path::from(format!("meters/{name}")))
-            .await
-            .unwrap();
-        assert_exact_schema(object.bytes().await.unwrap());
-    }
+    assert_parquet_objects_exact(client.as_ref(), "meters", &remote_names).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -263,11 +268,5 @@ async fn a_store_stopping_mid_run_fails_clearly_and_leaves_only_whole_objects() 
     let client = s3.client(&bucket).await;
     let visible = names(client.as_ref(), "out").await;
     assert!(!visible.is_empty());
-    for name in visible.iter().filter(|n| n.ends_with(".parquet")) {
-        let object = client
-            .get(&Path::from(format!("out/{name}")))
-            .await
-            .unwrap();
-        assert_exact_schema(object.bytes().await.unwrap());
-    }
+    assert_parquet_objects_exact(client.as_ref(), "out", &visible).await;
 }
