@@ -1,4 +1,5 @@
-//! Criterion benchmarks of the two CPU stages: decoding messages and applying deltas.
+//! Criterion benchmarks of the CPU stages: decoding messages, applying deltas, and encoding an
+//! epoch's rows as Parquet.
 //!
 //! Run with `cargo bench --bench stages`; throughput is reported per reading.
 
@@ -7,6 +8,8 @@ use meterflow::deltas::Deltas;
 use meterflow::generate::{generate, GenerateOptions};
 use meterflow::pipeline::offers;
 use meterflow::reading::{DecodedBlock, Limits};
+use meterflow::sink::{ParquetSink, SinkOptions};
+use meterflow::store::{self, StoreOptions};
 use meterflow::timestamp::{parse_micros, MICROS_PER_MINUTE};
 
 /// A deterministic fleet: 2,000 devices for 4 hours at 5-minute intervals (96,000 readings).
@@ -56,6 +59,23 @@ fn stages(c: &mut Criterion) {
             deltas.flush();
             deltas.take_rows()
         })
+    });
+
+    let mut deltas = Deltas::new(10 * MICROS_PER_MINUTE);
+    for message in &block.messages {
+        deltas.apply_message(0, offers(&block, message), |_, _| {});
+    }
+    deltas.flush();
+    let days = deltas.take_rows();
+    let directory = std::env::temp_dir().join("meterflow-bench-encode");
+    let location = store::open(
+        directory.to_str().expect("UTF-8 temp dir"),
+        &StoreOptions::default(),
+    )
+    .expect("local location");
+    let sink = ParquetSink::new(location, SinkOptions::default()).expect("sink");
+    group.bench_function("encode", |b| {
+        b.iter(|| sink.encode_epoch(0, days.clone()).expect("encode"))
     });
     group.finish();
 }

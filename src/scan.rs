@@ -66,9 +66,13 @@ pub(crate) struct TypedMessage<'a> {
     pub measurements: Vec<ScannedReading<'a>>,
 }
 
-/// Scans a whole message into `out`; `None` (with `out` in any state) when the message is
-/// not in the common shape.
-pub(crate) fn scan_message<'a>(text: &'a str, out: &mut Vec<ScannedReading<'a>>) -> Option<()> {
+/// Scans a whole message, handing each reading to `on_reading` as it is read (no buffer per
+/// message); `None` when the message is not in the common shape or `on_reading` refused a
+/// reading — readings handed over before then are the caller's to discard.
+pub(crate) fn scan_message<'a>(
+    text: &'a str,
+    mut on_reading: impl FnMut(ScannedReading<'a>) -> Option<()>,
+) -> Option<()> {
     let mut scanner = Scanner { text, pos: 0 };
     scanner.expect(b'{')?;
     let mut seen_measurements = false;
@@ -80,7 +84,7 @@ pub(crate) fn scan_message<'a>(text: &'a str, out: &mut Vec<ScannedReading<'a>>)
                 return None;
             }
             seen_measurements = true;
-            scanner.readings(out)?;
+            scanner.readings(&mut on_reading)?;
         } else {
             scanner.skip_scalar()?;
         }
@@ -184,14 +188,17 @@ impl<'a> Scanner<'a> {
     }
 
     /// `"measurements": [ reading, ... ]`
-    fn readings(&mut self, out: &mut Vec<ScannedReading<'a>>) -> Option<()> {
+    fn readings(
+        &mut self,
+        on_reading: &mut impl FnMut(ScannedReading<'a>) -> Option<()>,
+    ) -> Option<()> {
         self.expect(b'[')?;
         if self.peek()? == b']' {
             self.pos += 1;
             return Some(());
         }
         loop {
-            out.push(self.reading()?);
+            on_reading(self.reading()?)?;
             if !self.comma_or(b']')? {
                 return Some(());
             }
@@ -383,7 +390,11 @@ mod tests {
 
     fn scan(text: &str) -> Option<Vec<ScannedReading<'_>>> {
         let mut out = Vec::new();
-        scan_message(text, &mut out).map(|()| out)
+        scan_message(text, |reading| {
+            out.push(reading);
+            Some(())
+        })
+        .map(|()| out)
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn parse_micros(text: &str) -> Result<i64, TimeError> {
     if hour > 23 || minute > 59 || second > 59 {
         return Err("time of day is out of range");
     }
-    let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or("no such calendar date")?;
+    let days = days_since_epoch(year, month, day)?;
 
     let mut rest = &b[19..];
     let mut micros_of_second = 0i64;
@@ -54,9 +54,28 @@ pub fn parse_micros(text: &str) -> Result<i64, TimeError> {
     }
     let offset_seconds = parse_offset(rest)?;
 
-    let days = i64::from(date.num_days_from_ce()) - UNIX_EPOCH_DAYS_FROM_CE;
     let seconds = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_seconds;
     Ok(seconds * 1_000_000 + micros_of_second)
+}
+
+/// Days from 1970-01-01 to a calendar date, if it exists.
+///
+/// A message's readings (and a stream's messages) nearly all fall on the same date, so the
+/// last date looked up on this thread is remembered; chrono decides every other one.
+fn days_since_epoch(year: u32, month: u32, day: u32) -> Result<i64, TimeError> {
+    thread_local! {
+        /// (year·10⁴ + month·10² + day, its days since 1970-01-01); no date has key `u32::MAX`.
+        static LAST: std::cell::Cell<(u32, i64)> = const { std::cell::Cell::new((u32::MAX, 0)) };
+    }
+    let key = year * 10_000 + month * 100 + day;
+    let (last_key, last_days) = LAST.get();
+    if key == last_key {
+        return Ok(last_days);
+    }
+    let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or("no such calendar date")?;
+    let days = i64::from(date.num_days_from_ce()) - UNIX_EPOCH_DAYS_FROM_CE;
+    LAST.set((key, days));
+    Ok(days)
 }
 
 /// Days from 0001-01-01 (chrono's common-era day 1) to 1970-01-01.
@@ -160,6 +179,7 @@ mod tests {
             "yesterday",
             "2022-07-11",
             "2022-02-30T00:00:00Z",
+            "0000-00-00T00:00:00Z",
             "2022-07-11T24:00:00Z",
             "2022-07-11T23:59:60Z",
             "2022-07-11T02:15:00.Z",
@@ -172,6 +192,28 @@ mod tests {
         ] {
             assert!(parse_micros(text).is_err(), "{text:?} should be refused");
         }
+    }
+
+    #[test]
+    fn the_remembered_date_never_answers_for_another() {
+        let texts = [
+            "2022-07-11T00:00:00Z",
+            "2022-07-12T00:00:00Z",
+            "2022-07-11T00:00:00Z",
+            "2021-02-29T00:00:00Z",
+            "2022-07-11T00:00:00Z",
+            "2022-07-11T00:00:00Z",
+        ];
+        let got: Vec<_> = texts.iter().map(|t| parse_micros(t).ok()).collect();
+        let expected: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                DateTime::parse_from_rfc3339(t)
+                    .ok()
+                    .map(|d| d.timestamp_micros())
+            })
+            .collect();
+        assert_eq!(got, expected);
     }
 
     #[test]
