@@ -4,12 +4,16 @@
 //! ```text
 //! PREFIX/date=YYYY-MM-DD/part-<epoch:8>-<writer:4>.parquet
 //! PREFIX/_dead_letter/part-<epoch:8>-0000.jsonl
+//! PREFIX/_checkpoint/{intent,checkpoint}-<epoch:20>.{json,bin}   (meterflow run only)
 //! ```
 
 use crate::timestamp;
 
 /// Folder of dead-letter files; the leading underscore makes Hive-style readers skip it.
 pub const DEAD_LETTER_DIR: &str = "_dead_letter";
+
+/// Folder of `meterflow run`'s intents and checkpoints (DESIGN §4), skipped by readers too.
+pub const CHECKPOINT_DIR: &str = "_checkpoint";
 
 /// Relative path of the `writer`-th data file of `epoch` for a UTC day (days since
 /// 1970-01-01).

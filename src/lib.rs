@@ -24,6 +24,7 @@
 //! [`cli`] wires the commands together.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod cli;
 pub mod dead_letter;
 pub mod deltas;

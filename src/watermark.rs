@@ -5,7 +5,7 @@
 //! moves forward, so a partition that stops being idle cannot pull it back.
 
 /// Watermark state; pure data, advanced by the pipeline after each whole message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Watermark {
     /// How far behind the slowest partition's latest event the watermark trails, in µs.
     allowed_lateness: i64,
@@ -15,7 +15,7 @@ pub struct Watermark {
     current: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 struct PartitionClock {
     /// Latest accepted event time delivered by this partition.
     latest: Option<i64>,
