@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::CHECKPOINT_DIR;
 use crate::store::Location;
+use crate::summary::Summary;
 
 /// Errors reading or writing checkpoints.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,38 @@ pub struct Totals {
     pub duplicates: u64,
     pub files: u64,
     pub bytes: u64,
+}
+
+impl Totals {
+    pub fn from_summary(summary: &Summary) -> Self {
+        Totals {
+            messages: summary.messages,
+            readings: summary.readings,
+            rows: summary.rows,
+            dead_letters: summary.dead_letters.to_vec(),
+            duplicates: summary.duplicates,
+            files: summary.files,
+            bytes: summary.bytes,
+        }
+    }
+
+    /// The totals as a summary (counters the state keeps itself, such as resets, and the
+    /// elapsed time are not part of them).
+    pub fn to_summary(&self) -> Summary {
+        let mut summary = Summary {
+            messages: self.messages,
+            readings: self.readings,
+            rows: self.rows,
+            duplicates: self.duplicates,
+            files: self.files,
+            bytes: self.bytes,
+            ..Summary::default()
+        };
+        for (total, saved) in summary.dead_letters.iter_mut().zip(&self.dead_letters) {
+            *total = *saved;
+        }
+        summary
+    }
 }
 
 /// The committed state after an epoch: the source of truth on restart.

@@ -3,6 +3,8 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, Int32Array};
@@ -14,8 +16,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::generate::{self, GenerateOptions, GenerateStats};
 use crate::inspect::{self, InspectError, Inspection};
+use crate::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
 use crate::reading::Limits;
+use crate::service::{self, RunOptions};
 use crate::sink::{ParquetSink, SinkError, SinkOptions};
 use crate::source::Input;
 use crate::store::{self, StoreError, StoreOptions};
@@ -57,6 +61,8 @@ pub enum CliError {
         text: String,
         why: &'static str,
     },
+    #[error(transparent)]
+    Run(#[from] service::RunError),
     #[error("cannot format output rows")]
     Format(#[source] arrow::error::ArrowError),
 }
@@ -85,6 +91,93 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Zero-setup tour: generate, transform into ./meterflow-demo/, show the result.
     Demo(DemoArgs),
+    /// Kafka → date-partitioned Parquet in object storage, continuously and exactly once.
+    Run(RunArgs),
+}
+
+/// Kafka connection settings; SASL credentials come from MF_KAFKA_SASL_USERNAME and
+/// MF_KAFKA_SASL_PASSWORD only.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated.
+    #[arg(long, env = "MF_KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    #[arg(
+        long,
+        env = "MF_KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        default_value = "plaintext"
+    )]
+    pub security_protocol: SecurityProtocol,
+    /// SASL mechanism when the protocol uses SASL (AWS MSK: SCRAM-SHA-512).
+    #[arg(
+        long,
+        env = "MF_KAFKA_SASL_MECHANISM",
+        value_enum,
+        default_value = "SCRAM-SHA-512"
+    )]
+    pub sasl_mechanism: SaslMechanism,
+    /// CA bundle for TLS (default: the system's).
+    #[arg(long, env = "MF_KAFKA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl KafkaArgs {
+    fn settings(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.brokers.clone(),
+            security_protocol: self.security_protocol,
+            sasl_mechanism: self.sasl_mechanism,
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topics to consume, comma-separated; the service reads all their partitions.
+    #[arg(
+        long,
+        env = "MF_TOPICS",
+        value_delimiter = ',',
+        default_value = "meter-readings"
+    )]
+    pub topics: Vec<String>,
+    /// Consumer group that receives committed offsets (lag monitoring).
+    #[arg(long, env = "MF_GROUP", default_value = "meterflow")]
+    pub group: String,
+    /// Output: s3://bucket/prefix or a local directory; checkpoints go under _checkpoint/.
+    #[arg(long, env = "MF_OUTPUT")]
+    pub output: String,
+    /// How far behind the newest event a reading may arrive and still be placed in order.
+    #[arg(long, env = "MF_ALLOWED_LATENESS", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub allowed_lateness: Duration,
+    /// Readings later than processing time plus this are refused as future_time.
+    #[arg(long, env = "MF_MAX_FUTURE", default_value = "1day", value_parser = humantime::parse_duration)]
+    pub max_future: Duration,
+    /// An epoch (one set of files and one checkpoint) closes this long after it started.
+    #[arg(long, env = "MF_EPOCH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub epoch_interval: Duration,
+    /// An epoch also closes when this many message bytes are buffered (bounds memory).
+    #[arg(long, env = "MF_EPOCH_MAX_BYTES", default_value_t = 256 << 20)]
+    pub epoch_max_bytes: usize,
+    /// A partition without messages for this long stops holding the watermark back.
+    #[arg(long, env = "MF_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Stop once every partition is read to its end, emitting every waiting reading
+    /// (backfills and tests).
+    #[arg(long, env = "MF_STOP_WHEN_DRAINED")]
+    pub stop_when_drained: bool,
+    /// Maximum rows per Parquet file.
+    #[arg(long, env = "MF_ROWS_PER_FILE", default_value_t = 1_000_000)]
+    pub rows_per_file: usize,
+    /// zstd compression level of the Parquet pages.
+    #[arg(long, env = "MF_ZSTD_LEVEL", default_value_t = 1)]
+    pub zstd_level: i32,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// Settings for S3-compatible locations (credentials come from the usual AWS_* variables).
@@ -233,6 +326,78 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Demo(args) => demo(&args, &runtime),
+        Command::Run(args) => {
+            let report = run_service(&args, &runtime)?;
+            eprintln!(
+                "meterflow run → {} stopped after {} epochs (next epoch {})\n{}",
+                args.output, report.epochs, report.next_epoch, report.summary
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `run`: prints the effective configuration (no secrets), then runs the service until it is
+/// drained (if asked) or SIGTERM/SIGINT arrives; a signal finishes and commits the epoch.
+pub fn run_service(
+    args: &RunArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<service::RunReport, CliError> {
+    let options = RunOptions {
+        kafka: args.kafka.settings(),
+        topics: args.topics.clone(),
+        group: args.group.clone(),
+        allowed_lateness: micros(args.allowed_lateness),
+        max_future: micros(args.max_future),
+        epoch_interval: args.epoch_interval,
+        epoch_max_bytes: args.epoch_max_bytes.max(1),
+        idle_timeout: args.idle_timeout,
+        stop_when_drained: args.stop_when_drained,
+        request_timeout: Duration::from_secs(30),
+    };
+    eprintln!(
+        "meterflow run: kafka {} topics={} group={} → {} (epoch {:?} or {} bytes, lateness {:?}, idle {:?}{})",
+        options.kafka,
+        options.topics.join(","),
+        options.group,
+        args.output,
+        options.epoch_interval,
+        options.epoch_max_bytes,
+        args.allowed_lateness,
+        options.idle_timeout,
+        if options.stop_when_drained { ", stop when drained" } else { "" }
+    );
+    let location = store::open(&args.output, &args.s3.options())?;
+    let sink = ParquetSink::new(
+        location,
+        SinkOptions {
+            rows_per_file: args.rows_per_file,
+            zstd_level: args.zstd_level,
+        },
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    runtime.spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stop requested: finishing the current epoch");
+        flag.store(true, Ordering::Relaxed);
+    });
+    Ok(service::run(&options, &sink, runtime.handle(), stop)?)
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
     }
 }
 

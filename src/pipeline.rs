@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 
 use crate::dead_letter::{DeadLetter, Origin};
-use crate::deltas::{Deltas, EpochRows, Offer, Outcome};
+use crate::deltas::{Deltas, EpochRows, Offer, Outcome, StateError};
 use crate::reading::{self, DecodedBlock, DecodedMessage, Limits};
 use crate::reason::Reason;
 use crate::sink::{EpochFiles, ParquetSink, SinkError};
@@ -146,6 +146,34 @@ impl Processor {
                     },
                 );
             });
+    }
+
+    /// Continues from per-device state saved in a checkpoint, with the run's totals so far.
+    pub fn restore(
+        options: &PipelineOptions,
+        state: &[u8],
+        summary: Summary,
+    ) -> Result<Self, StateError> {
+        Ok(Processor {
+            deltas: Deltas::decode_state(state)?,
+            summary,
+            ..Processor::new(options)
+        })
+    }
+
+    /// The per-device state for a checkpoint (between epochs).
+    pub fn encode_state(&self) -> Result<Vec<u8>, StateError> {
+        self.deltas.encode_state()
+    }
+
+    /// Registers a partition that holds the watermark back until it delivers.
+    pub fn add_partition(&mut self, partition: usize) {
+        self.deltas.watermark_mut().add_partition(partition);
+    }
+
+    /// Marks a partition idle (it stops holding the watermark back) or active.
+    pub fn set_idle(&mut self, partition: usize, idle: bool) {
+        self.deltas.watermark_mut().set_idle(partition, idle);
     }
 
     /// Whether the current epoch has taken its share of readings.
@@ -316,7 +344,7 @@ impl<'scope> EpochWriter<'scope> {
 }
 
 /// Encodes an epoch and uploads its files.
-fn write_epoch(
+pub fn write_epoch(
     sink: &ParquetSink,
     runtime: &Handle,
     epoch: u64,

@@ -1,0 +1,552 @@
+//! `meterflow run`: Kafka → Parquet in object storage, exactly once (DESIGN §3–§6).
+//!
+//! The service owns every partition of its topics (explicit assignment, no group rebalances;
+//! the group only receives committed offsets for lag monitoring). Messages are buffered per
+//! partition; an epoch closes after an interval, a size bound, a drained stream or a stop
+//! request, and then:
+//!
+//! 1. its [`Intent`] is created — the offset ranges, the processing time, idle partitions;
+//! 2. its messages are decoded and applied in a canonical order (round robin over the
+//!    partitions in their checkpoint order), and its files written under deterministic names;
+//! 3. a [`Checkpoint`] is created with the next offsets, the files and the per-device state;
+//! 4. the offsets are committed to the consumer group.
+//!
+//! On start the latest checkpoint is restored and an intent recorded after it is replayed from
+//! its ranges, which writes the same bytes a crashed run may already have written.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+
+use crate::checkpoint::{
+    Checkpoint, CheckpointError, CheckpointStore, Intent, PartitionRange, Totals,
+};
+use crate::dead_letter::Origin;
+use crate::deltas::StateError;
+use crate::kafka::{KafkaSettings, KafkaSetupError};
+use crate::pipeline::{write_epoch, PipelineOptions, Processor};
+use crate::reading::{DecodedBlock, Limits};
+use crate::sink::{ParquetSink, SinkError};
+use crate::source::BLOCK_BYTES;
+use crate::summary::Summary;
+
+/// Errors that stop the service (bad records never do).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error("Kafka consumer failed")]
+    Consumer(#[source] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(
+        "the checkpoint's intent for epoch {epoch} names {topic}[{partition}] offsets \
+         {start}..{end}, but the broker delivered only up to {reached} (retention, or a \
+         different topic?)"
+    )]
+    ReplayIncomplete {
+        epoch: u64,
+        topic: String,
+        partition: i32,
+        start: i64,
+        end: i64,
+        reached: i64,
+    },
+}
+
+/// What decides the service's behaviour besides the sink.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub kafka: KafkaSettings,
+    pub topics: Vec<String>,
+    pub group: String,
+    /// Lateness (µs) and validation; the future-time guard is taken per epoch.
+    pub allowed_lateness: i64,
+    /// Readings later than processing time plus this (µs) are `future_time`.
+    pub max_future: i64,
+    /// An epoch closes this long after it started (when it has messages).
+    pub epoch_interval: Duration,
+    /// ... or when this many message bytes are buffered (backpressure: polling pauses).
+    pub epoch_max_bytes: usize,
+    /// A partition without messages for this long stops holding the watermark back.
+    pub idle_timeout: Duration,
+    /// Stop once every partition is read to its end, emitting every waiting reading
+    /// (tests and backfills).
+    pub stop_when_drained: bool,
+    /// How long broker requests (metadata, end offsets) may take.
+    pub request_timeout: Duration,
+}
+
+/// What a run did before it stopped.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Totals since the first epoch of this checkpoint prefix.
+    pub summary: Summary,
+    /// Epochs committed by this process (a replay included).
+    pub epochs: u64,
+    /// The next epoch number.
+    pub next_epoch: u64,
+}
+
+/// A consumed message waiting for its epoch.
+struct Record {
+    offset: i64,
+    payload: Vec<u8>,
+}
+
+/// One partition as the service tracks it.
+struct Partition {
+    topic: String,
+    partition: i32,
+    /// The next offset no epoch has taken yet.
+    next_offset: Option<i64>,
+    buffered: VecDeque<Record>,
+    /// Offset after the last message received (what the consumer has read up to).
+    received_upto: Option<i64>,
+    last_message: Instant,
+}
+
+/// Runs until drained (if asked), stopped by `stop`, or failed.
+pub fn run(
+    options: &RunOptions,
+    sink: &ParquetSink,
+    runtime: &Handle,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport, RunError> {
+    let checkpoints = CheckpointStore::new(sink.location().clone());
+    let latest = runtime.block_on(checkpoints.latest())?;
+    let consumer = options.kafka.consumer(&options.group)?;
+    let discovered =
+        options
+            .kafka
+            .partitions(&consumer, &options.topics, options.request_timeout)?;
+
+    let pipeline = PipelineOptions {
+        allowed_lateness: options.allowed_lateness,
+        limits: Limits {
+            latest_time: i64::MAX,
+        },
+        epoch_readings: u64::MAX,
+    };
+    let now = Instant::now();
+    let (mut processor, mut partitions, mut epoch) = match &latest {
+        Some(checkpoint) => {
+            let processor =
+                Processor::restore(&pipeline, &checkpoint.state, checkpoint.totals.to_summary())?;
+            let partitions: Vec<Partition> = checkpoint
+                .partitions
+                .iter()
+                .zip(&checkpoint.next_offsets)
+                .map(|((topic, partition), &next)| {
+                    new_partition(topic, *partition, Some(next), now)
+                })
+                .collect();
+            (processor, partitions, checkpoint.epoch + 1)
+        }
+        None => (Processor::new(&pipeline), Vec::new(), 0),
+    };
+    for (topic, partition) in discovered {
+        if !partitions
+            .iter()
+            .any(|p| p.topic == topic && p.partition == partition)
+        {
+            partitions.push(new_partition(&topic, partition, None, now));
+        }
+    }
+    for index in 0..partitions.len() {
+        processor.add_partition(index);
+    }
+    assign(&consumer, &partitions)?;
+    tracing::info!(
+        epoch,
+        partitions = partitions.len(),
+        restored = latest.is_some(),
+        "consuming"
+    );
+
+    let mut report = RunReport {
+        summary: processor.summary.clone(),
+        epochs: 0,
+        next_epoch: epoch,
+    };
+    let mut service = Service {
+        options,
+        sink,
+        runtime,
+        checkpoints,
+        consumer,
+        partitions,
+        processor,
+        report: &mut report,
+    };
+    if let Some(intent) = runtime.block_on(service.checkpoints.intent(epoch))? {
+        tracing::info!(epoch, "replaying the epoch recorded before the last stop");
+        service.replay(&intent)?;
+        epoch += 1;
+    }
+    service.live(epoch, &stop)?;
+    Ok(report)
+}
+
+fn new_partition(topic: &str, partition: i32, next_offset: Option<i64>, now: Instant) -> Partition {
+    Partition {
+        topic: topic.into(),
+        partition,
+        next_offset,
+        buffered: VecDeque::new(),
+        received_upto: next_offset,
+        last_message: now,
+    }
+}
+
+fn assign(consumer: &BaseConsumer, partitions: &[Partition]) -> Result<(), RunError> {
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        let offset = p.next_offset.map_or(Offset::Beginning, Offset::Offset);
+        list.add_partition_offset(&p.topic, p.partition, offset)
+            .map_err(RunError::Consumer)?;
+    }
+    consumer.assign(&list).map_err(RunError::Consumer)
+}
+
+struct Service<'a> {
+    options: &'a RunOptions,
+    sink: &'a ParquetSink,
+    runtime: &'a Handle,
+    checkpoints: CheckpointStore,
+    consumer: BaseConsumer,
+    partitions: Vec<Partition>,
+    processor: Processor,
+    report: &'a mut RunReport,
+}
+
+/// How long one poll waits; bounds how late a stop request or an epoch deadline is noticed.
+const POLL: Duration = Duration::from_millis(100);
+
+impl Service<'_> {
+    /// Reads until every range of `intent` is buffered, then runs the epoch as recorded.
+    fn replay(&mut self, intent: &Intent) -> Result<(), RunError> {
+        let deadline = Instant::now() + self.options.request_timeout.max(Duration::from_secs(30));
+        loop {
+            let missing = intent.ranges.iter().enumerate().find(|(index, range)| {
+                range.end > range.start
+                    && self.partitions[*index].received_upto.unwrap_or(i64::MIN) < range.end
+            });
+            let Some((index, range)) = missing else {
+                break;
+            };
+            if Instant::now() > deadline {
+                return Err(RunError::ReplayIncomplete {
+                    epoch: intent.epoch,
+                    topic: range.topic.clone(),
+                    partition: range.partition,
+                    start: range.start,
+                    end: range.end,
+                    reached: self.partitions[index].received_upto.unwrap_or(range.start),
+                });
+            }
+            self.poll_once()?;
+        }
+        self.run_epoch(intent)
+    }
+
+    /// Consumes and closes epochs until drained or stopped.
+    fn live(&mut self, mut epoch: u64, stop: &AtomicBool) -> Result<(), RunError> {
+        let mut started = Instant::now();
+        let mut last_drain_check = Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            let buffered_bytes: usize = self.buffered_bytes();
+            let has_messages = self.partitions.iter().any(|p| !p.buffered.is_empty());
+            let due = started.elapsed() >= self.options.epoch_interval && has_messages;
+            let full = buffered_bytes >= self.options.epoch_max_bytes;
+            let drained = self.options.stop_when_drained
+                && last_drain_check.elapsed() >= Duration::from_millis(500)
+                && {
+                    last_drain_check = Instant::now();
+                    self.drained()?
+                };
+            if due || full || drained || (stopping && has_messages) {
+                let intent = self.intent(epoch, drained);
+                self.checkpoints_record(&intent)?;
+                self.run_epoch(&intent)?;
+                epoch += 1;
+                started = Instant::now();
+            }
+            if drained || stopping {
+                self.report.next_epoch = epoch;
+                return Ok(());
+            }
+            if !full {
+                self.poll_once()?;
+            }
+        }
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.partitions
+            .iter()
+            .flat_map(|p| &p.buffered)
+            .map(|r| r.payload.len())
+            .sum()
+    }
+
+    fn checkpoints_record(&self, intent: &Intent) -> Result<(), RunError> {
+        Ok(self
+            .runtime
+            .block_on(self.checkpoints.record_intent(intent))?)
+    }
+
+    /// Whether every partition has been read to its current end (and nothing is buffered
+    /// beyond what an epoch will take).
+    fn drained(&self) -> Result<bool, RunError> {
+        for p in &self.partitions {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&p.topic, p.partition, self.options.request_timeout)
+                .map_err(RunError::Consumer)?;
+            if p.received_upto.unwrap_or(0) < high {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Polls once, buffering a message if one came.
+    fn poll_once(&mut self) -> Result<(), RunError> {
+        match self.consumer.poll(POLL) {
+            None => Ok(()),
+            Some(Ok(message)) => {
+                let index = self
+                    .partitions
+                    .iter()
+                    .position(|p| p.topic == message.topic() && p.partition == message.partition());
+                if let Some(index) = index {
+                    let p = &mut self.partitions[index];
+                    let offset = message.offset();
+                    if p.received_upto.is_some_and(|upto| offset < upto) {
+                        // Delivered again (a broker resending a batch): already buffered or
+                        // already committed, never a second time.
+                        tracing::debug!(topic = %p.topic, partition = p.partition, offset, "message received twice");
+                        return Ok(());
+                    }
+                    if p.next_offset.is_none() {
+                        p.next_offset = Some(offset);
+                    }
+                    p.received_upto = Some(offset + 1);
+                    p.last_message = Instant::now();
+                    p.buffered.push_back(Record {
+                        offset,
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                    });
+                }
+                Ok(())
+            }
+            Some(Err(error)) => {
+                // librdkafka retries connections itself; report and keep polling.
+                tracing::warn!(%error, "Kafka consumer error");
+                Ok(())
+            }
+        }
+    }
+
+    /// The intent of the epoch that takes everything buffered now.
+    fn intent(&self, epoch: u64, end_of_input: bool) -> Intent {
+        let ranges = self
+            .partitions
+            .iter()
+            .map(|p| {
+                let start = p
+                    .buffered
+                    .front()
+                    .map_or(p.next_offset.unwrap_or(0), |r| r.offset);
+                let end = p.buffered.back().map_or(start, |r| r.offset + 1);
+                PartitionRange {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    start,
+                    end,
+                }
+            })
+            .collect();
+        let idle = self
+            .partitions
+            .iter()
+            .map(|p| p.buffered.is_empty() && p.last_message.elapsed() >= self.options.idle_timeout)
+            .collect();
+        Intent {
+            epoch,
+            ranges,
+            processing_time: chrono::Utc::now().timestamp_micros(),
+            idle,
+            end_of_input,
+        }
+    }
+
+    /// Applies the intent's messages, writes the epoch's files, commits the checkpoint and
+    /// the group offsets.
+    fn run_epoch(&mut self, intent: &Intent) -> Result<(), RunError> {
+        let started = Instant::now();
+        let messages = self.take_messages(intent);
+        for (index, &idle) in intent.idle.iter().enumerate() {
+            self.processor.set_idle(index, idle);
+        }
+        let limits = Limits {
+            latest_time: intent
+                .processing_time
+                .saturating_add(self.options.max_future),
+        };
+        let blocks = decode(&messages, &limits);
+        let partitions = &self.partitions;
+        for block in &blocks {
+            for message in &block.messages {
+                let (index, offset) = messages.meta[message.position as usize];
+                self.processor
+                    .apply(block, message, index, |_| Origin::Kafka {
+                        topic: partitions[index].topic.clone(),
+                        partition: partitions[index].partition,
+                        offset,
+                    });
+            }
+        }
+        let content = self.processor.take_epoch(intent.end_of_input);
+        let written = write_epoch(self.sink, self.runtime, intent.epoch, content)?;
+        let summary = &mut self.processor.summary;
+        summary.rows += written.rows as u64;
+        summary.files += written.data_files.len() as u64;
+        summary.bytes += written.bytes as u64;
+
+        for (p, range) in self.partitions.iter_mut().zip(&intent.ranges) {
+            p.next_offset = Some(range.end.max(p.next_offset.unwrap_or(range.end)));
+        }
+        let checkpoint = Checkpoint {
+            epoch: intent.epoch,
+            partitions: self
+                .partitions
+                .iter()
+                .map(|p| (p.topic.clone(), p.partition))
+                .collect(),
+            next_offsets: self
+                .partitions
+                .iter()
+                .map(|p| p.next_offset.unwrap_or(0))
+                .collect(),
+            files: written.data_files,
+            totals: Totals::from_summary(&self.processor.summary),
+            state: self.processor.encode_state()?,
+        };
+        self.runtime
+            .block_on(self.checkpoints.commit(&checkpoint))?;
+        self.commit_offsets(&checkpoint);
+        self.report.epochs += 1;
+        self.report.summary = self.processor.summary.clone();
+        tracing::info!(
+            epoch = intent.epoch,
+            messages = messages.meta.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "epoch committed"
+        );
+        Ok(())
+    }
+
+    /// Removes the intent's messages from the buffers, in the canonical order.
+    fn take_messages(&mut self, intent: &Intent) -> EpochMessages {
+        let mut taken: Vec<Vec<Record>> = Vec::with_capacity(self.partitions.len());
+        for (p, range) in self.partitions.iter_mut().zip(&intent.ranges) {
+            // Anything before the range was taken by an earlier epoch (a replay's restart).
+            while p.buffered.front().is_some_and(|r| r.offset < range.start) {
+                p.buffered.pop_front();
+            }
+            let count = p
+                .buffered
+                .iter()
+                .take_while(|r| r.offset < range.end)
+                .count();
+            taken.push(p.buffered.drain(..count).collect());
+        }
+        let mut messages = EpochMessages::default();
+        let longest = taken.iter().map(Vec::len).max().unwrap_or(0);
+        let mut iters: Vec<_> = taken.into_iter().map(Vec::into_iter).collect();
+        for _ in 0..longest {
+            for (index, records) in iters.iter_mut().enumerate() {
+                if let Some(record) = records.next() {
+                    messages.meta.push((index, record.offset));
+                    messages.payloads.push(record.payload);
+                }
+            }
+        }
+        messages
+    }
+
+    /// Group offsets for lag monitoring; the checkpoint already holds the truth, so a failure
+    /// is only logged.
+    fn commit_offsets(&self, checkpoint: &Checkpoint) {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), &next) in
+            checkpoint.partitions.iter().zip(&checkpoint.next_offsets)
+        {
+            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(next));
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::warn!(%error, "cannot commit group offsets (monitoring only)");
+        }
+    }
+}
+
+/// An epoch's messages in processing order.
+#[derive(Default)]
+struct EpochMessages {
+    /// (partition index, offset) of each message.
+    meta: Vec<(usize, i64)>,
+    payloads: Vec<Vec<u8>>,
+}
+
+/// Decodes the messages in blocks of about [`BLOCK_BYTES`], in parallel, in order; a
+/// message's `position` is its index in `messages`.
+fn decode(messages: &EpochMessages, limits: &Limits) -> Vec<DecodedBlock> {
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, payload) in messages.payloads.iter().enumerate() {
+        bytes += payload.len();
+        if bytes >= BLOCK_BYTES {
+            groups.push((start, i + 1));
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    if start < messages.payloads.len() {
+        groups.push((start, messages.payloads.len()));
+    }
+    groups
+        .into_par_iter()
+        .map(|(first, end)| {
+            let payloads = &messages.payloads[first..end];
+            let mut text = Vec::with_capacity(payloads.iter().map(|p| p.len() + 1).sum());
+            let mut ranges = Vec::with_capacity(payloads.len());
+            for payload in payloads {
+                let at = text.len();
+                text.extend_from_slice(payload);
+                ranges.push(at..text.len());
+                text.push(b'\n');
+            }
+            let mut block = DecodedBlock::new(text);
+            for (offset, range) in ranges.into_iter().enumerate() {
+                block.decode(range, (first + offset) as u64, limits);
+            }
+            block
+        })
+        .collect()
+}

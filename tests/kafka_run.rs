@@ -1,0 +1,350 @@
+//! `meterflow run` end to end against a real broker and a real object store: a topic of three
+//! partitions pre-filled with a generated fleet (disorder within the lateness, duplicates,
+//! resets, bad records) is drained into the bucket; the rows equal `meterflow transform` on the
+//! same messages, the schema is exact, and the dead letters per reason are the same.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float32Type, Int32Type, TimestampMicrosecondType};
+use assert_cmd::cargo::CommandCargoExt;
+use futures::{StreamExt, TryStreamExt};
+use meterflow::inspect::read_all;
+use meterflow::store::{self, Location, StoreOptions};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use support::{unique_name, KafkaBroker, S3Server};
+
+const PARTITIONS: i32 = 3;
+
+fn meterflow() -> Command {
+    Command::cargo_bin("meterflow").expect("the meterflow binary is built")
+}
+
+fn generate(dir: &FsPath, devices: u32, hours: &str) -> PathBuf {
+    let input = dir.join("fleet.jsonl");
+    let status = meterflow()
+        .args([
+            "generate",
+            "--devices",
+            &devices.to_string(),
+            "--hours",
+            hours,
+        ])
+        .args(["--seed", "5", "--disorder", "2m", "--fault-rate", "0.01"])
+        .args([
+            "--duplicate-rate",
+            "0.01",
+            "--with-seed-example",
+            "--output",
+        ])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    input
+}
+
+/// The partition a gateway's messages go to, as a producer keyed by gateway would choose:
+/// the most common `device_id / 8` of the message (8 meters per gateway), so each device's
+/// messages stay in one partition, in order.
+fn partition_of(line: &str) -> i32 {
+    let value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let mut gateways: BTreeMap<i64, usize> = BTreeMap::new();
+    for reading in value["measurements"].as_array().into_iter().flatten() {
+        if let Some(id) = reading["device_id"].as_i64() {
+            *gateways.entry(id / 8).or_default() += 1;
+        }
+    }
+    let gateway = gateways
+        .into_iter()
+        .max_by_key(|&(gateway, count)| (count, -gateway))
+        .map_or(0, |(gateway, _)| gateway);
+    gateway.rem_euclid(i64::from(PARTITIONS)) as i32
+}
+
+async fn create_topic(broker: &KafkaBroker) -> String {
+    let topic = unique_name("readings");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .expect("admin client");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                PARTITIONS,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics request");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    topic
+}
+
+/// Produces every line of `input` (in file order, per partition).
+async fn produce(broker: &KafkaBroker, topic: &str, input: &FsPath) -> usize {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("message.timeout.ms", "30000")
+        // Many sends in flight, still in order per partition.
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let text = std::fs::read_to_string(input).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    futures::stream::iter(&lines)
+        .map(|line| {
+            let record = FutureRecord::<(), str>::to(topic)
+                .partition(partition_of(line))
+                .payload(*line);
+            producer.send(record, Duration::from_secs(30))
+        })
+        .buffered(512)
+        .map_err(|(error, _)| error)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("every message delivered");
+    lines.len()
+}
+
+/// `meterflow run` on the topic into `output`, draining it.
+fn service(broker: &KafkaBroker, topic: &str, output: &str, env: &[(&str, String)]) -> Child {
+    meterflow()
+        .args(["run", "--brokers", &broker.bootstrap, "--topics", topic])
+        .args(["--group", &format!("{topic}-group"), "--output", output])
+        .args(["--epoch-interval", "300ms", "--idle-timeout", "30s"])
+        .args(["--stop-when-drained", "--log", "meterflow=info"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meterflow run starts")
+}
+
+/// Waits for `child`, failing after `limit`; returns stderr.
+fn finish(mut child: Child, limit: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let stderr = read_stderr(&mut child);
+            assert!(
+                status.success(),
+                "meterflow run failed ({status}):\n{stderr}"
+            );
+            return stderr;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "meterflow run did not drain within {limit:?}:\n{}",
+                read_stderr(&mut child)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_stderr(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut text);
+    }
+    text
+}
+
+/// A row with floats as bits, so rows compare and sort exactly.
+type Row = (i32, String, i64, Option<u32>, Option<u32>);
+
+fn rows(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let id = batch.column(0).as_primitive::<Int32Type>();
+        let name = batch.column(1).as_string::<i32>();
+        let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        let duration = batch.column(3).as_primitive::<Float32Type>();
+        let delta = batch.column(4).as_primitive::<Float32Type>();
+        for i in 0..batch.num_rows() {
+            let float =
+                |a: &arrow::array::Float32Array| (!a.is_null(i)).then(|| a.value(i).to_bits());
+            rows.push((
+                id.value(i),
+                name.value(i).to_string(),
+                time.value(i),
+                float(duration),
+                float(delta),
+            ));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Dead letters per reason under `location`'s `_dead_letter/`.
+async fn dead_letter_counts(location: &Location) -> BTreeMap<String, usize> {
+    let directory = location.prefix.clone().join("_dead_letter");
+    let objects: Vec<_> = location
+        .store
+        .list(Some(&directory))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut counts = BTreeMap::new();
+    for object in objects {
+        let bytes = location
+            .store
+            .get(&object.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        for line in std::str::from_utf8(&bytes).unwrap().lines() {
+            let letter: serde_json::Value = serde_json::from_str(line).unwrap();
+            *counts
+                .entry(letter["reason"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Reference output: `meterflow transform` of the same lines into a local directory.
+async fn transform_reference(input: &FsPath, dir: &FsPath) -> (Vec<Row>, BTreeMap<String, usize>) {
+    let output = dir.join("reference");
+    let status = meterflow()
+        .args(["transform", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(&output)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let location = store::open(output.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let rows = rows(&read_all(&location).await.unwrap());
+    (rows, dead_letter_counts(&location).await)
+}
+
+fn s3_location(client: std::sync::Arc<dyn ObjectStore>, bucket: &str, prefix: &str) -> Location {
+    Location {
+        store: client,
+        prefix: Path::from(prefix),
+        display: format!("s3://{bucket}/{prefix}"),
+    }
+}
+
+/// Every Parquet object has the exact DESIGN §1 schema (read with the parquet crate).
+async fn assert_exact_schema(location: &Location) {
+    use parquet::basic::{LogicalType, Repetition, TimeUnit, Type};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let objects: Vec<_> = location
+        .store
+        .list(Some(&location.prefix))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut seen = 0;
+    for object in objects
+        .iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+    {
+        let bytes = location
+            .store
+            .get(&object.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let got: Vec<_> = (0..schema.num_columns())
+            .map(|i| {
+                let c = schema.column(i);
+                (
+                    c.name().to_string(),
+                    c.physical_type(),
+                    c.self_type().get_basic_info().repetition(),
+                    c.logical_type_ref().cloned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("device_id".into(), Type::INT32, Repetition::REQUIRED, None),
+                (
+                    "device_name".into(),
+                    Type::BYTE_ARRAY,
+                    Repetition::REQUIRED,
+                    Some(LogicalType::String)
+                ),
+                (
+                    "time".into(),
+                    Type::INT64,
+                    Repetition::REQUIRED,
+                    Some(LogicalType::timestamp(true, TimeUnit::MICROS))
+                ),
+                ("duration".into(), Type::FLOAT, Repetition::OPTIONAL, None),
+                (
+                    "delta_energy".into(),
+                    Type::FLOAT,
+                    Repetition::OPTIONAL,
+                    None
+                ),
+            ]
+        );
+        seen += 1;
+    }
+    assert!(seen > 0, "no Parquet object under {}", location.display);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefilled_topic_drains_into_exactly_the_rows_of_transform() {
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), 48, "8");
+    let topic = create_topic(&broker).await;
+    let produced = produce(&broker, &topic, &input).await;
+    assert!(produced > 100);
+    let bucket = s3.create_bucket("run").await;
+    let env = s3.env().await;
+
+    let stderr = finish(
+        service(&broker, &topic, &format!("s3://{bucket}/meters"), &env),
+        Duration::from_secs(180),
+    );
+    assert!(stderr.contains("epoch committed"), "{stderr}");
+
+    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
+    let got = rows(&read_all(&location).await.unwrap());
+    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
+    assert!(
+        expected.len() > 1000,
+        "a real fleet: {} rows",
+        expected.len()
+    );
+    assert_eq!(got.len(), expected.len(), "row count");
+    assert_eq!(got, expected);
+    assert_eq!(dead_letter_counts(&location).await, expected_letters);
+    assert!(!expected_letters.is_empty());
+    assert_exact_schema(&location).await;
+}
