@@ -148,15 +148,8 @@ pub struct RunArgs {
     /// Consumer group that receives committed offsets (lag monitoring).
     #[arg(long, env = "MF_GROUP", default_value = "meterflow")]
     pub group: String,
-    /// Output: s3://bucket/prefix or a local directory; checkpoints go under _checkpoint/.
-    #[arg(long, env = "MF_OUTPUT")]
-    pub output: String,
-    /// How far behind the newest event a reading may arrive and still be placed in order.
-    #[arg(long, env = "MF_ALLOWED_LATENESS", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub allowed_lateness: Duration,
-    /// Readings later than processing time plus this are refused as future_time.
-    #[arg(long, env = "MF_MAX_FUTURE", default_value = "1day", value_parser = humantime::parse_duration)]
-    pub max_future: Duration,
+    #[command(flatten)]
+    pub lateness: LatenessArgs,
     /// An epoch (one set of files and one checkpoint) closes this long after it started.
     #[arg(long, env = "MF_EPOCH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub epoch_interval: Duration,
@@ -170,14 +163,8 @@ pub struct RunArgs {
     /// (backfills and tests).
     #[arg(long, env = "MF_STOP_WHEN_DRAINED")]
     pub stop_when_drained: bool,
-    /// Maximum rows per Parquet file.
-    #[arg(long, env = "MF_ROWS_PER_FILE", default_value_t = 1_000_000)]
-    pub rows_per_file: usize,
-    /// zstd compression level of the Parquet pages.
-    #[arg(long, env = "MF_ZSTD_LEVEL", default_value_t = 1)]
-    pub zstd_level: i32,
     #[command(flatten)]
-    pub s3: S3Args,
+    pub sink: SinkArgs,
 }
 
 /// Settings for S3-compatible locations (credentials come from the usual AWS_* variables).
@@ -209,15 +196,10 @@ pub struct TransformArgs {
     /// Input JSON-lines files (`.gz`/`.zst` decompressed; `-` is stdin), read in order.
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<String>,
-    /// Output: a local directory or s3://bucket/prefix.
-    #[arg(long, env = "MF_OUTPUT")]
-    pub output: String,
-    /// How far behind the newest event a reading may arrive and still be placed in order.
-    #[arg(long, env = "MF_ALLOWED_LATENESS", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub allowed_lateness: Duration,
-    /// Readings later than processing time plus this are refused as future_time.
-    #[arg(long, env = "MF_MAX_FUTURE", default_value = "1day", value_parser = humantime::parse_duration)]
-    pub max_future: Duration,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+    #[command(flatten)]
+    pub lateness: LatenessArgs,
     /// Processing time for the future-time guard (RFC 3339); default: now. Fix it for
     /// reproducible runs.
     #[arg(long, env = "MF_PROCESSING_TIME")]
@@ -225,17 +207,50 @@ pub struct TransformArgs {
     /// Readings per epoch; each epoch writes one set of files, so this bounds memory.
     #[arg(long, env = "MF_EPOCH_READINGS", default_value_t = 2_000_000)]
     pub epoch_readings: u64,
+    /// Replace meterflow output already in the location (other objects are left alone).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// Where rows go and how files are cut and compressed (`transform` and `run`).
+#[derive(Debug, Clone, Args)]
+pub struct SinkArgs {
+    /// Output: a local directory or s3://bucket/prefix (`run` keeps checkpoints under
+    /// _checkpoint/ there).
+    #[arg(long, env = "MF_OUTPUT")]
+    pub output: String,
     /// Maximum rows per Parquet file.
     #[arg(long, env = "MF_ROWS_PER_FILE", default_value_t = 1_000_000)]
     pub rows_per_file: usize,
     /// zstd compression level of the Parquet pages.
     #[arg(long, env = "MF_ZSTD_LEVEL", default_value_t = 1)]
     pub zstd_level: i32,
-    /// Replace meterflow output already in the location (other objects are left alone).
-    #[arg(long)]
-    pub overwrite: bool,
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+impl SinkArgs {
+    fn open_sink(&self) -> Result<ParquetSink, CliError> {
+        let location = store::open(&self.output, &self.s3.options())?;
+        Ok(ParquetSink::new(
+            location,
+            SinkOptions {
+                rows_per_file: self.rows_per_file,
+                zstd_level: self.zstd_level,
+            },
+        )?)
+    }
+}
+
+/// Event-time settings that decide rows (`transform` and `run`).
+#[derive(Debug, Clone, Args)]
+pub struct LatenessArgs {
+    /// How far behind the newest event a reading may arrive and still be placed in order.
+    #[arg(long, env = "MF_ALLOWED_LATENESS", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub allowed_lateness: Duration,
+    /// Readings later than processing time plus this are refused as future_time.
+    #[arg(long, env = "MF_MAX_FUTURE", default_value = "1day", value_parser = humantime::parse_duration)]
+    pub max_future: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -300,7 +315,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Transform(args) => {
             let summary = transform(&args, &runtime)?;
-            eprintln!("meterflow transform → {}\n{summary}", args.output);
+            eprintln!("meterflow transform → {}\n{summary}", args.sink.output);
             Ok(())
         }
         Command::Generate(args) => {
@@ -330,7 +345,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let report = run_service(&args, &runtime)?;
             eprintln!(
                 "meterflow run → {} stopped after {} epochs (next epoch {})\n{}",
-                args.output, report.epochs, report.next_epoch, report.summary
+                args.sink.output, report.epochs, report.next_epoch, report.summary
             );
             Ok(())
         }
@@ -347,8 +362,8 @@ pub fn run_service(
         kafka: args.kafka.settings(),
         topics: args.topics.clone(),
         group: args.group.clone(),
-        allowed_lateness: micros(args.allowed_lateness),
-        max_future: micros(args.max_future),
+        allowed_lateness: micros(args.lateness.allowed_lateness),
+        max_future: micros(args.lateness.max_future),
         epoch_interval: args.epoch_interval,
         epoch_max_bytes: args.epoch_max_bytes.max(1),
         idle_timeout: args.idle_timeout,
@@ -360,21 +375,14 @@ pub fn run_service(
         options.kafka,
         options.topics.join(","),
         options.group,
-        args.output,
+        args.sink.output,
         options.epoch_interval,
         options.epoch_max_bytes,
-        args.allowed_lateness,
+        args.lateness.allowed_lateness,
         options.idle_timeout,
         if options.stop_when_drained { ", stop when drained" } else { "" }
     );
-    let location = store::open(&args.output, &args.s3.options())?;
-    let sink = ParquetSink::new(
-        location,
-        SinkOptions {
-            rows_per_file: args.rows_per_file,
-            zstd_level: args.zstd_level,
-        },
-    )?;
+    let sink = args.sink.open_sink()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     runtime.spawn(async move {
@@ -415,25 +423,18 @@ pub fn transform(
         None => chrono::Utc::now().timestamp_micros(),
     };
     let options = PipelineOptions {
-        allowed_lateness: micros(args.allowed_lateness),
+        allowed_lateness: micros(args.lateness.allowed_lateness),
         limits: Limits {
-            latest_time: processing_time.saturating_add(micros(args.max_future)),
+            latest_time: processing_time.saturating_add(micros(args.lateness.max_future)),
         },
         epoch_readings: args.epoch_readings,
     };
-    let location = store::open(&args.output, &args.s3.options())?;
-    let sink = ParquetSink::new(
-        location,
-        SinkOptions {
-            rows_per_file: args.rows_per_file,
-            zstd_level: args.zstd_level,
-        },
-    )?;
+    let sink = args.sink.open_sink()?;
     let existing = runtime.block_on(sink.existing_outputs())?;
     if !existing.is_empty() {
         if !args.overwrite {
             return Err(CliError::OutputNotEmpty {
-                location: args.output.clone(),
+                location: args.sink.output.clone(),
                 count: existing.len(),
                 example: existing[0].to_string(),
             });
@@ -590,19 +591,23 @@ fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliErr
     let summary = transform(
         &TransformArgs {
             input: vec![input_text],
-            output: output.clone(),
-            allowed_lateness: Duration::from_secs(600),
-            max_future: Duration::from_secs(86_400),
+            sink: SinkArgs {
+                output: output.clone(),
+                rows_per_file: 1_000_000,
+                zstd_level: 1,
+                s3: S3Args {
+                    s3_endpoint: None,
+                    s3_max_retries: 3,
+                    s3_retry_timeout: Duration::from_secs(30),
+                },
+            },
+            lateness: LatenessArgs {
+                allowed_lateness: Duration::from_secs(600),
+                max_future: Duration::from_secs(86_400),
+            },
             processing_time: None,
             epoch_readings: 2_000_000,
-            rows_per_file: 1_000_000,
-            zstd_level: 1,
             overwrite: true,
-            s3: S3Args {
-                s3_endpoint: None,
-                s3_max_retries: 3,
-                s3_retry_timeout: Duration::from_secs(30),
-            },
         },
         runtime,
     )?;
