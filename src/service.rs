@@ -113,6 +113,9 @@ struct Partition {
     /// The next offset no epoch has taken yet.
     next_offset: Option<i64>,
     buffered: VecDeque<Record>,
+    /// Payload bytes in `buffered`, kept as messages come and go (summing them on every
+    /// poll would cost time proportional to the buffer).
+    buffered_bytes: usize,
     /// Offset after the last message received (what the consumer has read up to).
     received_upto: Option<i64>,
     last_message: Instant,
@@ -206,6 +209,7 @@ fn new_partition(topic: &str, partition: i32, next_offset: Option<i64>, now: Ins
         partition,
         next_offset,
         buffered: VecDeque::new(),
+        buffered_bytes: 0,
         received_upto: next_offset,
         last_message: now,
     }
@@ -268,7 +272,7 @@ impl Service<'_> {
         let mut last_drain_check = Instant::now();
         loop {
             let stopping = stop.load(Ordering::Relaxed);
-            let buffered_bytes: usize = self.buffered_bytes();
+            let buffered_bytes = self.buffered_bytes();
             let has_messages = self.partitions.iter().any(|p| !p.buffered.is_empty());
             let due = started.elapsed() >= self.options.epoch_interval && has_messages;
             let full = buffered_bytes >= self.options.epoch_max_bytes;
@@ -296,11 +300,7 @@ impl Service<'_> {
     }
 
     fn buffered_bytes(&self) -> usize {
-        self.partitions
-            .iter()
-            .flat_map(|p| &p.buffered)
-            .map(|r| r.payload.len())
-            .sum()
+        self.partitions.iter().map(|p| p.buffered_bytes).sum()
     }
 
     fn checkpoints_record(&self, intent: &Intent) -> Result<(), RunError> {
@@ -347,10 +347,9 @@ impl Service<'_> {
                     }
                     p.received_upto = Some(offset + 1);
                     p.last_message = Instant::now();
-                    p.buffered.push_back(Record {
-                        offset,
-                        payload: message.payload().unwrap_or_default().to_vec(),
-                    });
+                    let payload = message.payload().unwrap_or_default().to_vec();
+                    p.buffered_bytes += payload.len();
+                    p.buffered.push_back(Record { offset, payload });
                 }
                 Ok(())
             }
@@ -466,15 +465,20 @@ impl Service<'_> {
         let mut taken: Vec<Vec<Record>> = Vec::with_capacity(self.partitions.len());
         for (p, range) in self.partitions.iter_mut().zip(&intent.ranges) {
             // Anything before the range was taken by an earlier epoch (a replay's restart).
-            while p.buffered.front().is_some_and(|r| r.offset < range.start) {
-                p.buffered.pop_front();
-            }
-            let count = p
+            let before = p
+                .buffered
+                .iter()
+                .take_while(|r| r.offset < range.start)
+                .count();
+            let through = p
                 .buffered
                 .iter()
                 .take_while(|r| r.offset < range.end)
-                .count();
-            taken.push(p.buffered.drain(..count).collect());
+                .count()
+                .max(before);
+            let drained: Vec<Record> = p.buffered.drain(..through).collect();
+            p.buffered_bytes -= drained.iter().map(|r| r.payload.len()).sum::<usize>();
+            taken.push(drained.into_iter().skip(before).collect());
         }
         let mut messages = EpochMessages::default();
         let longest = taken.iter().map(Vec::len).max().unwrap_or(0);
