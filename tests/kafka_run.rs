@@ -7,12 +7,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int32Type, TimestampMicrosecondType};
-use assert_cmd::cargo::CommandCargoExt;
 use futures::{StreamExt, TryStreamExt};
 use meterflow::inspect::read_all;
 use meterflow::store::{self, Location, StoreOptions};
@@ -22,13 +21,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use support::{unique_name, KafkaBroker, S3Server};
+use support::{assert_parquet_objects_exact, meterflow, unique_name, KafkaBroker, S3Server};
 
 const PARTITIONS: i32 = 3;
-
-fn meterflow() -> Command {
-    Command::cargo_bin("meterflow").expect("the meterflow binary is built")
-}
 
 fn generate(dir: &FsPath, devices: u32, hours: &str) -> PathBuf {
     let input = dir.join("fleet.jsonl");
@@ -246,72 +241,6 @@ fn s3_location(client: std::sync::Arc<dyn ObjectStore>, bucket: &str, prefix: &s
     }
 }
 
-/// Every Parquet object has the exact DESIGN §1 schema (read with the parquet crate).
-async fn assert_exact_schema(location: &Location) {
-    use parquet::basic::{LogicalType, Repetition, TimeUnit, Type};
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let objects: Vec<_> = location
-        .store
-        .list(Some(&location.prefix))
-        .try_collect()
-        .await
-        .unwrap();
-    let mut seen = 0;
-    for object in objects
-        .iter()
-        .filter(|o| o.location.as_ref().ends_with(".parquet"))
-    {
-        let bytes = location
-            .store
-            .get(&object.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let reader = SerializedFileReader::new(bytes).unwrap();
-        let schema = reader.metadata().file_metadata().schema_descr_ptr();
-        let got: Vec<_> = (0..schema.num_columns())
-            .map(|i| {
-                let c = schema.column(i);
-                (
-                    c.name().to_string(),
-                    c.physical_type(),
-                    c.self_type().get_basic_info().repetition(),
-                    c.logical_type_ref().cloned(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("device_id".into(), Type::INT32, Repetition::REQUIRED, None),
-                (
-                    "device_name".into(),
-                    Type::BYTE_ARRAY,
-                    Repetition::REQUIRED,
-                    Some(LogicalType::String)
-                ),
-                (
-                    "time".into(),
-                    Type::INT64,
-                    Repetition::REQUIRED,
-                    Some(LogicalType::timestamp(true, TimeUnit::MICROS))
-                ),
-                ("duration".into(), Type::FLOAT, Repetition::OPTIONAL, None),
-                (
-                    "delta_energy".into(),
-                    Type::FLOAT,
-                    Repetition::OPTIONAL,
-                    None
-                ),
-            ]
-        );
-        seen += 1;
-    }
-    assert!(seen > 0, "no Parquet object under {}", location.display);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_prefilled_topic_drains_into_exactly_the_rows_of_transform() {
     let Some(broker) = KafkaBroker::start().await else {
@@ -346,5 +275,6 @@ async fn a_prefilled_topic_drains_into_exactly_the_rows_of_transform() {
     assert_eq!(got, expected);
     assert_eq!(dead_letter_counts(&location).await, expected_letters);
     assert!(!expected_letters.is_empty());
-    assert_exact_schema(&location).await;
+    let checked = assert_parquet_objects_exact(location.store.as_ref(), &location.prefix).await;
+    assert!(checked > 0, "no Parquet object under {}", location.display);
 }

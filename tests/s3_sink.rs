@@ -7,22 +7,15 @@ mod support;
 
 use std::io::Write;
 use std::path::Path as FsPath;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::cargo::CommandCargoExt;
 use futures::TryStreamExt;
 use meterflow::inspect::read_all;
 use meterflow::store::{self, Location, StoreOptions};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::basic::{LogicalType, Repetition, TimeUnit, Type as PhysicalType};
-use parquet::file::reader::{FileReader, SerializedFileReader};
-use support::S3Server;
-
-fn meterflow() -> Command {
-    Command::cargo_bin("meterflow").expect("the meterflow binary is built")
-}
+use object_store::ObjectStore;
+use support::{assert_parquet_objects_exact, meterflow, S3Server};
 
 /// A fleet of `devices` with faults of every kind, so rows and dead letters are both written.
 fn generate(dir: &FsPath, devices: u32) -> std::path::PathBuf {
@@ -70,49 +63,6 @@ async fn names(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
         .unwrap();
     names.sort();
     names
-}
-
-/// The Parquet schema exactly as DESIGN §1 states it: physical and logical types, repetition.
-fn assert_exact_schema(bytes: bytes::Bytes) {
-    let reader = SerializedFileReader::new(bytes).unwrap();
-    let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let expected = [
-        ("device_id", PhysicalType::INT32, Repetition::REQUIRED),
-        (
-            "device_name",
-            PhysicalType::BYTE_ARRAY,
-            Repetition::REQUIRED,
-        ),
-        ("time", PhysicalType::INT64, Repetition::REQUIRED),
-        ("duration", PhysicalType::FLOAT, Repetition::OPTIONAL),
-        ("delta_energy", PhysicalType::FLOAT, Repetition::OPTIONAL),
-    ];
-    assert_eq!(schema.num_columns(), expected.len());
-    for (i, (name, physical, repetition)) in expected.into_iter().enumerate() {
-        let column = schema.column(i);
-        assert_eq!(column.name(), name);
-        assert_eq!(column.physical_type(), physical, "{name}");
-        assert_eq!(column.self_type().get_basic_info().repetition(), repetition);
-    }
-    assert_eq!(
-        schema.column(1).logical_type_ref(),
-        Some(&LogicalType::String)
-    );
-    assert_eq!(
-        schema.column(2).logical_type_ref(),
-        Some(&LogicalType::timestamp(true, TimeUnit::MICROS))
-    );
-}
-
-/// Reads every Parquet object among `names` under `prefix` whole and checks its schema.
-async fn assert_parquet_objects_exact(store: &dyn ObjectStore, prefix: &str, names: &[String]) {
-    for name in names.iter().filter(|n| n.ends_with(".parquet")) {
-        let object = store
-            .get(&Path::from(format!("{prefix}/{name}")))
-            .await
-            .unwrap();
-        assert_exact_schema(object.bytes().await.unwrap());
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,7 +115,7 @@ async fn s3_output_equals_a_local_run_with_the_exact_schema() {
     let local_rows = read_all(&local_location).await.unwrap();
     assert!(remote_rows.iter().map(|b| b.num_rows()).sum::<usize>() > 1000);
     assert_eq!(remote_rows, local_rows);
-    assert_parquet_objects_exact(client.as_ref(), "meters", &remote_names).await;
+    assert_parquet_objects_exact(client.as_ref(), &Path::from("meters")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -268,5 +218,5 @@ async fn a_store_stopping_mid_run_fails_clearly_and_leaves_only_whole_objects() 
     let client = s3.client(&bucket).await;
     let visible = names(client.as_ref(), "out").await;
     assert!(!visible.is_empty());
-    assert_parquet_objects_exact(client.as_ref(), "out", &visible).await;
+    assert_parquet_objects_exact(client.as_ref(), &Path::from("out")).await;
 }

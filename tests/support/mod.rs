@@ -19,6 +19,80 @@ use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+/// The `meterflow` binary built for these tests.
+pub fn meterflow() -> std::process::Command {
+    use assert_cmd::cargo::CommandCargoExt;
+    std::process::Command::cargo_bin("meterflow").expect("the meterflow binary is built")
+}
+
+/// The Parquet schema exactly as DESIGN §1 states it: names, physical and logical types,
+/// repetition (read with the parquet crate, not with meterflow's own reader).
+pub fn assert_exact_schema(bytes: bytes::Bytes) {
+    use parquet::basic::{LogicalType, Repetition, TimeUnit, Type};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(bytes).unwrap();
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let got: Vec<_> = (0..schema.num_columns())
+        .map(|i| {
+            let c = schema.column(i);
+            (
+                c.name().to_string(),
+                c.physical_type(),
+                c.self_type().get_basic_info().repetition(),
+                c.logical_type_ref().cloned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("device_id".into(), Type::INT32, Repetition::REQUIRED, None),
+            (
+                "device_name".into(),
+                Type::BYTE_ARRAY,
+                Repetition::REQUIRED,
+                Some(LogicalType::String)
+            ),
+            (
+                "time".into(),
+                Type::INT64,
+                Repetition::REQUIRED,
+                Some(LogicalType::timestamp(true, TimeUnit::MICROS))
+            ),
+            ("duration".into(), Type::FLOAT, Repetition::OPTIONAL, None),
+            (
+                "delta_energy".into(),
+                Type::FLOAT,
+                Repetition::OPTIONAL,
+                None
+            ),
+        ]
+    );
+}
+
+/// Reads every Parquet object under `prefix` whole and checks its schema; how many there were.
+pub async fn assert_parquet_objects_exact(store: &dyn ObjectStore, prefix: &Path) -> usize {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let objects: Vec<_> = store.list(Some(prefix)).try_collect().await.unwrap();
+    let mut checked = 0;
+    for object in objects
+        .iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+    {
+        let bytes = store
+            .get(&object.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_exact_schema(bytes);
+        checked += 1;
+    }
+    checked
+}
+
 /// The credentials every test S3 server accepts (baked into the SeaweedFS image; set as the
 /// root user for MinIO).
 pub const ACCESS_KEY: &str = "meterflow-test";
