@@ -45,6 +45,9 @@ pub struct PartitionRange {
     pub partition: i32,
     pub start: i64,
     pub end: i64,
+    /// Messages the epoch took from the range (fewer than `end - start` where the broker has
+    /// gaps, e.g. compaction or transaction markers); a replay must find the same number.
+    pub messages: u64,
 }
 
 /// What an epoch will consume and the wall-clock decisions it depends on, recorded before any
@@ -305,6 +308,7 @@ mod tests {
                 partition: 0,
                 start: 0,
                 end: 5,
+                messages: 5,
             }],
             processing_time: 1_700_000_000_000_000,
             idle: vec![false],

@@ -297,7 +297,17 @@ impl DayIndex {
 struct Names {
     text: String,
     spans: Vec<(u32, u32)>,
+    /// Saved sorted: a hash map's order depends on its history, and a replayed epoch must
+    /// write the same checkpoint bytes as the run it replays.
+    #[serde(serialize_with = "sorted_map")]
     renamed: FxHashMap<Box<str>, NameId>,
+}
+
+fn sorted_map<S: serde::Serializer>(
+    map: &FxHashMap<Box<str>, NameId>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(map.iter().collect::<std::collections::BTreeMap<_, _>>())
 }
 
 impl Names {
@@ -438,6 +448,11 @@ impl Deltas {
                 &mut self.counters,
             );
         }
+    }
+
+    /// Whether some reading still waits for the watermark (a flush would emit rows).
+    pub fn has_pending(&self) -> bool {
+        self.devices.iter().any(|d| !d.pending.is_empty())
     }
 
     /// Emits everything still waiting: the end of a finite input. Emptied buffers are

@@ -176,6 +176,11 @@ impl Processor {
         self.deltas.watermark_mut().set_idle(partition, idle);
     }
 
+    /// Whether some reading still waits to be emitted.
+    pub fn has_pending(&self) -> bool {
+        self.deltas.has_pending()
+    }
+
     /// Whether the current epoch has taken its share of readings.
     pub fn epoch_full(&self) -> bool {
         self.readings_in_epoch >= self.epoch_readings

@@ -64,6 +64,21 @@ pub enum RunError {
         end: i64,
         reached: i64,
     },
+    #[error(
+        "the replay of epoch {epoch} found {found} messages in {topic}[{partition}] offsets \
+         {start}..{end}, but the epoch took {recorded}: the broker no longer returns the same \
+         messages (retention, compaction, or a broker that skips offsets), so the epoch cannot \
+         be rewritten identically"
+    )]
+    ReplayMismatch {
+        epoch: u64,
+        topic: String,
+        partition: i32,
+        start: i64,
+        end: i64,
+        recorded: u64,
+        found: u64,
+    },
 }
 
 /// What decides the service's behaviour besides the sink.
@@ -270,19 +285,26 @@ impl Service<'_> {
     fn live(&mut self, mut epoch: u64, stop: &AtomicBool) -> Result<(), RunError> {
         let mut started = Instant::now();
         let mut last_drain_check = Instant::now();
+        let mut caught_up = false;
         loop {
             let stopping = stop.load(Ordering::Relaxed);
             let buffered_bytes = self.buffered_bytes();
             let has_messages = self.partitions.iter().any(|p| !p.buffered.is_empty());
             let due = started.elapsed() >= self.options.epoch_interval && has_messages;
             let full = buffered_bytes >= self.options.epoch_max_bytes;
+            // Asking the broker for end offsets waits behind the consumer's long-poll fetches
+            // on the same connection, so it is done only when a poll came back empty.
             let drained = self.options.stop_when_drained
+                && caught_up
                 && last_drain_check.elapsed() >= Duration::from_millis(500)
                 && {
                     last_drain_check = Instant::now();
                     self.drained()?
                 };
-            if due || full || drained || (stopping && has_messages) {
+            // A drained stream closes with an epoch only if it has something to emit, so a
+            // restart after the last epoch writes nothing new.
+            let flush = drained && (has_messages || self.processor.has_pending());
+            if due || full || flush || (stopping && has_messages) {
                 let intent = self.intent(epoch, drained);
                 self.checkpoints_record(&intent)?;
                 self.run_epoch(&intent)?;
@@ -294,7 +316,7 @@ impl Service<'_> {
                 return Ok(());
             }
             if !full {
-                self.poll_once()?;
+                caught_up = !self.poll_once()?;
             }
         }
     }
@@ -324,10 +346,10 @@ impl Service<'_> {
         Ok(true)
     }
 
-    /// Polls once, buffering a message if one came.
-    fn poll_once(&mut self) -> Result<(), RunError> {
+    /// Polls once, buffering a message if one came; whether one came.
+    fn poll_once(&mut self) -> Result<bool, RunError> {
         match self.consumer.poll(POLL) {
-            None => Ok(()),
+            None => Ok(false),
             Some(Ok(message)) => {
                 let index = self
                     .partitions
@@ -340,7 +362,12 @@ impl Service<'_> {
                         // Delivered again (a broker resending a batch): already buffered or
                         // already committed, never a second time.
                         tracing::debug!(topic = %p.topic, partition = p.partition, offset, "message received twice");
-                        return Ok(());
+                        return Ok(true);
+                    }
+                    if let Some(upto) = p.received_upto.filter(|&upto| offset > upto) {
+                        // Normal for compacted or transactional topics; anywhere else the
+                        // broker skipped messages.
+                        tracing::warn!(topic = %p.topic, partition = p.partition, expected = upto, received = offset, "offsets skipped by the broker");
                     }
                     if p.next_offset.is_none() {
                         p.next_offset = Some(offset);
@@ -351,12 +378,12 @@ impl Service<'_> {
                     p.buffered_bytes += payload.len();
                     p.buffered.push_back(Record { offset, payload });
                 }
-                Ok(())
+                Ok(true)
             }
             Some(Err(error)) => {
                 // librdkafka retries connections itself; report and keep polling.
                 tracing::warn!(%error, "Kafka consumer error");
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -377,6 +404,7 @@ impl Service<'_> {
                     partition: p.partition,
                     start,
                     end,
+                    messages: p.buffered.len() as u64,
                 }
             })
             .collect();
@@ -399,6 +427,7 @@ impl Service<'_> {
     fn run_epoch(&mut self, intent: &Intent) -> Result<(), RunError> {
         let started = Instant::now();
         let messages = self.take_messages(intent);
+        self.check_counts(intent, &messages)?;
         for (index, &idle) in intent.idle.iter().enumerate() {
             self.processor.set_idle(index, idle);
         }
@@ -453,7 +482,10 @@ impl Service<'_> {
         self.report.summary = self.processor.summary.clone();
         tracing::info!(
             epoch = intent.epoch,
+            ranges = ?intent.ranges.iter().map(|r| (r.partition, r.start, r.end)).collect::<Vec<_>>(),
+            end_of_input = intent.end_of_input,
             messages = messages.meta.len(),
+            rows = written.rows,
             ms = started.elapsed().as_millis() as u64,
             "epoch committed"
         );
@@ -492,6 +524,29 @@ impl Service<'_> {
             }
         }
         messages
+    }
+
+    /// A replay must take as many messages per partition as the recorded epoch did, or its
+    /// files would silently differ from the ones a crashed run may have written.
+    fn check_counts(&self, intent: &Intent, messages: &EpochMessages) -> Result<(), RunError> {
+        let mut found = vec![0u64; intent.ranges.len()];
+        for &(index, _) in &messages.meta {
+            found[index] += 1;
+        }
+        for (range, found) in intent.ranges.iter().zip(found) {
+            if found != range.messages {
+                return Err(RunError::ReplayMismatch {
+                    epoch: intent.epoch,
+                    topic: range.topic.clone(),
+                    partition: range.partition,
+                    start: range.start,
+                    end: range.end,
+                    recorded: range.messages,
+                    found,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Group offsets for lag monitoring; the checkpoint already holds the truth, so a failure
