@@ -71,6 +71,7 @@ pub struct Intent {
 pub struct Totals {
     pub messages: u64,
     pub readings: u64,
+    pub accepted: u64,
     pub rows: u64,
     pub dead_letters: Vec<u64>,
     pub duplicates: u64,
@@ -83,6 +84,7 @@ impl Totals {
         Totals {
             messages: summary.messages,
             readings: summary.readings,
+            accepted: summary.accepted,
             rows: summary.rows,
             dead_letters: summary.dead_letters.to_vec(),
             duplicates: summary.duplicates,
@@ -97,6 +99,7 @@ impl Totals {
         let mut summary = Summary {
             messages: self.messages,
             readings: self.readings,
+            accepted: self.accepted,
             rows: self.rows,
             duplicates: self.duplicates,
             files: self.files,

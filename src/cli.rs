@@ -16,14 +16,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::generate::{self, GenerateOptions, GenerateStats};
 use crate::inspect::{self, InspectError, Inspection};
-use crate::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
+use crate::kafka::{KafkaSettings, KafkaSetupError, SaslMechanism, SecurityProtocol};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
+use crate::publish::{KafkaLines, Tee};
 use crate::reading::Limits;
 use crate::service::{self, RunOptions};
 use crate::sink::{ParquetSink, SinkError, SinkOptions};
 use crate::source::Input;
 use crate::store::{self, StoreError, StoreOptions};
 use crate::summary::Summary;
+use crate::telemetry::{self, Telemetry};
 use crate::timestamp;
 
 /// Errors a command reports; the binary prints the cause chain and exits non-zero.
@@ -63,6 +65,14 @@ pub enum CliError {
     },
     #[error(transparent)]
     Run(#[from] service::RunError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error("cannot serve metrics on {address}")]
+    MetricsAddress {
+        address: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot format output rows")]
     Format(#[source] arrow::error::ArrowError),
 }
@@ -102,6 +112,13 @@ pub struct KafkaArgs {
     /// Bootstrap brokers, comma-separated.
     #[arg(long, env = "MF_KAFKA_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
+    #[command(flatten)]
+    pub client: KafkaClientArgs,
+}
+
+/// How to talk to the brokers: security and extra librdkafka settings.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaClientArgs {
     #[arg(
         long,
         env = "MF_KAFKA_SECURITY_PROTOCOL",
@@ -120,16 +137,36 @@ pub struct KafkaArgs {
     /// CA bundle for TLS (default: the system's).
     #[arg(long, env = "MF_KAFKA_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Extra librdkafka setting KEY=VALUE (repeatable; env: comma-separated), e.g.
+    /// `fetch.max.bytes=104857600`. Applied last, so it can override meterflow's own.
+    #[arg(long = "kafka-option", env = "MF_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_option)]
+    pub options: Vec<(String, String)>,
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+impl KafkaClientArgs {
+    fn settings(&self, brokers: &str) -> KafkaSettings {
+        KafkaSettings {
+            brokers: brokers.to_string(),
+            security_protocol: self.security_protocol,
+            sasl_mechanism: self.sasl_mechanism,
+            ca_file: self.ca_file.clone(),
+            options: self.options.clone(),
+        }
+    }
 }
 
 impl KafkaArgs {
     fn settings(&self) -> KafkaSettings {
-        KafkaSettings {
-            brokers: self.brokers.clone(),
-            security_protocol: self.security_protocol,
-            sasl_mechanism: self.sasl_mechanism,
-            ca_file: self.ca_file.clone(),
-        }
+        self.client.settings(&self.brokers)
     }
 }
 
@@ -163,6 +200,9 @@ pub struct RunArgs {
     /// (backfills and tests).
     #[arg(long, env = "MF_STOP_WHEN_DRAINED")]
     pub stop_when_drained: bool,
+    /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served (port 0: any).
+    #[arg(long, env = "MF_METRICS_ADDR", default_value = "0.0.0.0:9898")]
+    pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub sink: SinkArgs,
 }
@@ -282,9 +322,20 @@ pub struct GenerateArgs {
     /// Append the DESIGN seed example (device 123456) as the last message.
     #[arg(long)]
     pub with_seed_example: bool,
-    /// Output file (`.gz`/`.zst` compressed; `-` is stdout).
+    /// Output file (`.gz`/`.zst` compressed; `-` is stdout); optional when publishing.
+    #[arg(long, required_unless_present = "kafka_brokers")]
+    pub output: Option<String>,
+    /// Publish the messages to Kafka too (keyed by gateway) to load-test `meterflow run`.
     #[arg(long)]
-    pub output: String,
+    pub kafka_brokers: Option<String>,
+    /// Topic to publish to.
+    #[arg(long, default_value = "meter-readings")]
+    pub topic: String,
+    /// Messages per second to publish (default: as fast as the brokers take them).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    #[command(flatten)]
+    pub kafka: KafkaClientArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -329,7 +380,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 stats.faulty_messages,
                 stats.resent_messages,
                 started.elapsed().as_secs_f64(),
-                args.output
+                generate_target(&args)
             );
             Ok(())
         }
@@ -390,7 +441,21 @@ pub fn run_service(
         tracing::info!("stop requested: finishing the current epoch");
         flag.store(true, Ordering::Relaxed);
     });
-    Ok(service::run(&options, &sink, runtime.handle(), stop)?)
+    let telemetry = Telemetry::default();
+    let bound = runtime
+        .block_on(telemetry::serve(args.metrics_addr, telemetry.clone()))
+        .map_err(|source| CliError::MetricsAddress {
+            address: args.metrics_addr,
+            source,
+        })?;
+    tracing::info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
+    Ok(service::run(
+        &options,
+        &sink,
+        runtime.handle(),
+        &telemetry,
+        stop,
+    )?)
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (a terminal).
@@ -477,11 +542,34 @@ pub fn generate_file(args: &GenerateArgs) -> Result<GenerateStats, CliError> {
         start,
         devices_per_message: args.devices_per_message,
     };
+    let target = generate_target(args);
     let fail = |source| CliError::Output {
-        path: args.output.clone(),
+        path: target.clone(),
         source,
     };
-    let mut out = open_output(&args.output).map_err(fail)?;
+    let mut file = match &args.output {
+        Some(path) => Some(open_output(path).map_err(fail)?),
+        None => None,
+    };
+    let mut kafka = match &args.kafka_brokers {
+        Some(brokers) => Some(
+            KafkaLines::new(
+                args.kafka.settings(brokers).client_config()?,
+                &args.topic,
+                args.devices_per_message,
+                args.rate,
+            )
+            .map_err(|source| KafkaSetupError::Client {
+                brokers: brokers.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let mut out = Tee {
+        file: file.as_mut().map(|f| f as &mut dyn Write),
+        kafka: kafka.as_mut(),
+    };
     let mut stats = generate::generate(&options, &mut out).map_err(fail)?;
     if args.with_seed_example {
         writeln!(out, "{SEED_EXAMPLE}").map_err(fail)?;
@@ -489,10 +577,26 @@ pub fn generate_file(args: &GenerateArgs) -> Result<GenerateStats, CliError> {
         stats.readings += 2;
     }
     out.flush().map_err(fail)?;
+    if let Some(kafka) = kafka {
+        kafka.finish().map_err(fail)?;
+    }
     Ok(stats)
 }
 
 /// A writer for `path` (`-` is stdout), compressing `.gz` and `.zst`.
+/// Where `generate` writes, for messages.
+fn generate_target(args: &GenerateArgs) -> String {
+    let kafka = args
+        .kafka_brokers
+        .as_ref()
+        .map(|brokers| format!("kafka {brokers} topic {}", args.topic));
+    [args.output.clone(), kafka]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
 fn open_output(path: &str) -> io::Result<Box<dyn Write>> {
     if path == "-" {
         return Ok(Box::new(BufWriter::new(io::stdout().lock())));
@@ -581,7 +685,16 @@ fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliErr
         start: "2022-07-11T00:00:00Z".into(),
         devices_per_message: 8,
         with_seed_example: true,
-        output: input_text.clone(),
+        output: Some(input_text.clone()),
+        kafka_brokers: None,
+        topic: String::new(),
+        rate: None,
+        kafka: KafkaClientArgs {
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            ca_file: None,
+            options: Vec::new(),
+        },
     })?;
     println!(
         "Generated {} devices × {} h: {} messages, {} readings (with the seed example) → {input_text}\n",

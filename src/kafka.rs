@@ -1,13 +1,73 @@
 //! Kafka clients from meterflow's settings: brokers, TLS and SASL (SCRAM or PLAIN, as AWS MSK
 //! uses), with secrets only from the environment.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::ClientConfig;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
+
+use crate::telemetry::Metrics;
+
+/// The service's consumer: its statistics callback turns librdkafka's view of each
+/// partition's end offset into the consumer-lag metric.
+pub type ServiceConsumer = BaseConsumer<LagContext>;
+
+/// Consumer lag per partition: the broker's end offset (from librdkafka statistics, no extra
+/// requests) minus the offset of the last committed checkpoint.
+pub struct LagContext {
+    metrics: Metrics,
+    partitions: Mutex<HashMap<(String, i32), Offsets>>,
+}
+
+/// A partition's committed next offset and its last known end offset.
+type Offsets = (Option<i64>, Option<i64>);
+
+impl LagContext {
+    pub fn new(metrics: Metrics) -> Self {
+        LagContext {
+            metrics,
+            partitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a committed offset and updates that partition's lag.
+    pub fn committed(&self, topic: &str, partition: i32, next_offset: i64) {
+        let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = partitions
+            .entry((topic.to_string(), partition))
+            .or_default();
+        entry.0 = Some(next_offset);
+        self.publish(topic, partition, *entry);
+    }
+
+    fn publish(&self, topic: &str, partition: i32, (committed, end): Offsets) {
+        if let (Some(committed), Some(end)) = (committed, end) {
+            self.metrics.observe_lag(topic, partition, end - committed);
+        }
+    }
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in &statistics.topics {
+            // librdkafka reports an unknown end offset as -1001.
+            for (&id, partition) in topic.partitions.iter().filter(|(_, p)| p.hi_offset >= 0) {
+                let entry = partitions.entry((name.clone(), id)).or_default();
+                entry.1 = Some(partition.hi_offset);
+                self.publish(name, id, *entry);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 /// Errors setting up Kafka clients or finding topics; all operational.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +151,8 @@ pub struct KafkaSettings {
     pub sasl_mechanism: SaslMechanism,
     /// CA bundle for TLS; the system's when unset.
     pub ca_file: Option<PathBuf>,
+    /// Extra librdkafka settings, applied last (they may override meterflow's).
+    pub options: Vec<(String, String)>,
 }
 
 impl fmt::Display for KafkaSettings {
@@ -112,6 +174,14 @@ impl fmt::Display for KafkaSettings {
         if let Some(ca) = &self.ca_file {
             write!(f, " ssl.ca.location={}", ca.display())?;
         }
+        for (key, value) in &self.options {
+            let shown = if key.contains("password") || key.contains("secret") {
+                "***"
+            } else {
+                value
+            };
+            write!(f, " {key}={shown}")?;
+        }
         Ok(())
     }
 }
@@ -132,6 +202,9 @@ impl KafkaSettings {
         if let Some(ca) = &self.ca_file {
             config.set("ssl.ca.location", ca.display().to_string());
         }
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
         Ok(config)
     }
 
@@ -144,20 +217,26 @@ impl KafkaSettings {
 
     /// A consumer that reads assigned partitions from explicit offsets and commits them to
     /// `group` for lag monitoring only (the checkpoint is the source of truth).
-    pub fn consumer(&self, group: &str) -> Result<BaseConsumer, KafkaSetupError> {
+    pub fn consumer(
+        &self,
+        group: &str,
+        metrics: Metrics,
+    ) -> Result<ServiceConsumer, KafkaSetupError> {
         self.client_config()?
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .create()
+            // Statistics carry each partition's end offset, for the lag metric.
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(LagContext::new(metrics))
             .map_err(|e| self.client_error(e))
     }
 
     /// Every partition of `topics`, sorted; an error names a topic that does not exist.
     pub fn partitions(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &impl Consumer<LagContext>,
         topics: &[String],
         timeout: Duration,
     ) -> Result<Vec<(String, i32)>, KafkaSetupError> {
@@ -201,13 +280,14 @@ mod tests {
             security_protocol: SecurityProtocol::SaslSsl,
             sasl_mechanism: SaslMechanism::ScramSha512,
             ca_file: None,
+            options: vec![("sasl.password".into(), "hunter2".into())],
         };
         let shown = settings.to_string();
         assert!(
             shown.contains("SASL_SSL") && shown.contains("SCRAM-SHA-512"),
             "{shown}"
         );
-        assert!(!shown.to_lowercase().contains("password"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
@@ -217,6 +297,7 @@ mod tests {
             security_protocol: SecurityProtocol::SaslSsl,
             sasl_mechanism: SaslMechanism::Plain,
             ca_file: None,
+            options: Vec::new(),
         };
         // The variables are not set in the test environment.
         if std::env::var(SASL_USERNAME_VAR).is_err() {

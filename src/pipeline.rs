@@ -103,8 +103,12 @@ impl Processor {
                 },
             );
         }
+        let mut offered = 0u64;
+        let mut refused = 0u64;
+        let offers = offers(block, message).inspect(|_| offered += 1);
         self.deltas
-            .apply_message(partition, offers(block, message), |offer, outcome| {
+            .apply_message(partition, offers, |offer, outcome| {
+                refused += 1;
                 let (reason, detail) = match outcome {
                     Outcome::Accepted => return,
                     Outcome::Duplicate => {
@@ -146,6 +150,7 @@ impl Processor {
                     },
                 );
             });
+        summary.accepted += offered - refused;
     }
 
     /// Continues from per-device state saved in a checkpoint, with the run's totals so far.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -30,12 +30,13 @@ use crate::checkpoint::{
 };
 use crate::dead_letter::Origin;
 use crate::deltas::StateError;
-use crate::kafka::{KafkaSettings, KafkaSetupError};
+use crate::kafka::{KafkaSettings, KafkaSetupError, ServiceConsumer};
 use crate::pipeline::{write_epoch, PipelineOptions, Processor};
 use crate::reading::{DecodedBlock, Limits};
 use crate::sink::{ParquetSink, SinkError};
 use crate::source::BLOCK_BYTES;
 use crate::summary::Summary;
+use crate::telemetry::Telemetry;
 
 /// Errors that stop the service (bad records never do).
 #[derive(Debug, thiserror::Error)]
@@ -141,15 +142,20 @@ pub fn run(
     options: &RunOptions,
     sink: &ParquetSink,
     runtime: &Handle,
+    telemetry: &Telemetry,
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
     let checkpoints = CheckpointStore::new(sink.location().clone());
     let latest = runtime.block_on(checkpoints.latest())?;
-    let consumer = options.kafka.consumer(&options.group)?;
+    telemetry.readiness.set_store(true);
+    let consumer = options
+        .kafka
+        .consumer(&options.group, telemetry.metrics.clone())?;
     let discovered =
         options
             .kafka
             .partitions(&consumer, &options.topics, options.request_timeout)?;
+    telemetry.readiness.set_kafka(true);
 
     let pipeline = PipelineOptions {
         allowed_lateness: options.allowed_lateness,
@@ -183,8 +189,11 @@ pub fn run(
             partitions.push(new_partition(&topic, partition, None, now));
         }
     }
-    for index in 0..partitions.len() {
+    for (index, p) in partitions.iter().enumerate() {
         processor.add_partition(index);
+        if let Some(next) = p.next_offset {
+            consumer.context().committed(&p.topic, p.partition, next);
+        }
     }
     assign(&consumer, &partitions)?;
     tracing::info!(
@@ -199,10 +208,12 @@ pub fn run(
         epochs: 0,
         next_epoch: epoch,
     };
+    telemetry.metrics.observe_totals(&processor.summary);
     let mut service = Service {
         options,
         sink,
         runtime,
+        telemetry,
         checkpoints,
         consumer,
         partitions,
@@ -214,6 +225,7 @@ pub fn run(
         service.replay(&intent)?;
         epoch += 1;
     }
+    telemetry.readiness.set_checkpoint_loaded();
     service.live(epoch, &stop)?;
     Ok(report)
 }
@@ -230,7 +242,7 @@ fn new_partition(topic: &str, partition: i32, next_offset: Option<i64>, now: Ins
     }
 }
 
-fn assign(consumer: &BaseConsumer, partitions: &[Partition]) -> Result<(), RunError> {
+fn assign(consumer: &ServiceConsumer, partitions: &[Partition]) -> Result<(), RunError> {
     let mut list = TopicPartitionList::new();
     for p in partitions {
         let offset = p.next_offset.map_or(Offset::Beginning, Offset::Offset);
@@ -244,8 +256,9 @@ struct Service<'a> {
     options: &'a RunOptions,
     sink: &'a ParquetSink,
     runtime: &'a Handle,
+    telemetry: &'a Telemetry,
     checkpoints: CheckpointStore,
-    consumer: BaseConsumer,
+    consumer: ServiceConsumer,
     partitions: Vec<Partition>,
     processor: Processor,
     report: &'a mut RunReport,
@@ -351,6 +364,7 @@ impl Service<'_> {
         match self.consumer.poll(POLL) {
             None => Ok(false),
             Some(Ok(message)) => {
+                self.telemetry.readiness.set_kafka(true);
                 let index = self
                     .partitions
                     .iter()
@@ -368,6 +382,9 @@ impl Service<'_> {
                         // Normal for compacted or transactional topics; anywhere else the
                         // broker skipped messages.
                         tracing::warn!(topic = %p.topic, partition = p.partition, expected = upto, received = offset, "offsets skipped by the broker");
+                        self.telemetry
+                            .metrics
+                            .observe_skipped_offsets((offset - upto) as u64);
                     }
                     if p.next_offset.is_none() {
                         p.next_offset = Some(offset);
@@ -383,6 +400,7 @@ impl Service<'_> {
             Some(Err(error)) => {
                 // librdkafka retries connections itself; report and keep polling.
                 tracing::warn!(%error, "Kafka consumer error");
+                self.telemetry.readiness.set_kafka(false);
                 Ok(false)
             }
         }
@@ -477,7 +495,9 @@ impl Service<'_> {
         };
         self.runtime
             .block_on(self.checkpoints.commit(&checkpoint))?;
+        self.telemetry.readiness.set_store(true);
         self.commit_offsets(&checkpoint);
+        self.observe(intent.epoch, started, &checkpoint);
         self.report.epochs += 1;
         self.report.summary = self.processor.summary.clone();
         tracing::info!(
@@ -524,6 +544,19 @@ impl Service<'_> {
             }
         }
         messages
+    }
+
+    /// Metrics after a committed epoch; the lag uses the end offsets of the consumer's
+    /// statistics (no broker round trip).
+    fn observe(&self, epoch: u64, started: Instant, checkpoint: &Checkpoint) {
+        let metrics = &self.telemetry.metrics;
+        metrics.observe_totals(&self.processor.summary);
+        metrics.observe_epoch(epoch, started.elapsed().as_secs_f64());
+        for ((topic, partition), &next) in
+            checkpoint.partitions.iter().zip(&checkpoint.next_offsets)
+        {
+            self.consumer.context().committed(topic, *partition, next);
+        }
     }
 
     /// A replay must take as many messages per partition as the recorded epoch did, or its

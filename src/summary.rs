@@ -12,6 +12,8 @@ pub struct Summary {
     pub messages: u64,
     /// Elements of `measurements` seen, valid or not.
     pub readings: u64,
+    /// Readings taken into the per-device state (valid, not late, not duplicates).
+    pub accepted: u64,
     /// Rows written to Parquet.
     pub rows: u64,
     /// Dead letters, indexed by [`Reason::index`].

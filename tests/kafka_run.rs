@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -126,6 +126,7 @@ fn service(broker: &KafkaBroker, topic: &str, output: &str, env: &[(&str, String
         .args(["--group", &format!("{topic}-group"), "--output", output])
         .args(["--epoch-interval", "300ms", "--idle-timeout", "30s"])
         .args(["--stop-when-drained", "--log", "meterflow=info"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -300,19 +301,20 @@ fn difference(got: &[Row], expected: &[Row]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_and_restarted_at_random_moments_it_writes_every_row_once() {
-    kill_and_restart(10).await;
+    kill_and_restart(10, 400).await;
 }
 
 /// The long version: `cargo test --test kafka_run -- --ignored chaos`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "chaos run, about 5 minutes"]
+#[ignore = "chaos run, about 10 minutes"]
 async fn chaos_a_hundred_kills_lose_and_duplicate_nothing() {
-    kill_and_restart(100).await;
+    kill_and_restart(100, 12_000).await;
 }
 
 /// SIGKILLs the service `kills` times at random moments (restarting it each time), lets the
-/// last run drain, and compares the bucket with `transform`.
-async fn kill_and_restart(kills: usize) {
+/// last run drain, and compares the bucket with `transform`; `devices` is sized so that most
+/// kills hit a running service.
+async fn kill_and_restart(kills: usize, devices: u32) {
     use rand::{Rng, SeedableRng};
     let Some(broker) = KafkaBroker::start().await else {
         return;
@@ -321,8 +323,7 @@ async fn kill_and_restart(kills: usize) {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // Enough input that most kills hit a running service.
-    let input = generate(dir.path(), 40 * kills as u32, "24");
+    let input = generate(dir.path(), devices, "24");
     let topic = create_topic(&broker).await;
     produce(&broker, &topic, &input).await;
     let bucket = s3.create_bucket("crash").await;
@@ -464,4 +465,161 @@ async fn an_epoch_without_its_checkpoint_is_replayed_into_identical_bytes() {
             "{name} is byte-identical after the replay"
         );
     }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of one sample line of `/metrics` (`name{labels}` exactly), if present.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn scrape(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// Polls `/metrics` until `done` holds, failing after `limit` with the last scrape.
+async fn metrics_until(port: u16, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < limit {
+        if let Some((200, text)) = scrape(port, "/metrics").await {
+            if done(&text) {
+                return text;
+            }
+            last = text;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("metrics did not get there within {limit:?}; last scrape:\n{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn produced_while_running_it_reports_true_metrics_and_sigterm_commits_all_it_read() {
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let topic = create_topic(&broker).await;
+    let bucket = s3.create_bucket("live").await;
+    let env = s3.env().await;
+    let output = format!("s3://{bucket}/meters");
+    let port = free_port();
+    let running = meterflow()
+        .args(["run", "--brokers", &broker.bootstrap, "--topics", &topic])
+        .args(["--group", &format!("{topic}-group"), "--output", &output])
+        .args(["--epoch-interval", "500ms", "--log", "meterflow=info"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meterflow run starts");
+    let started = Instant::now();
+    while scrape(port, "/readyz").await.map(|(status, _)| status) != Some(200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "/readyz never said ready: {:?}",
+            scrape(port, "/readyz").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        scrape(port, "/healthz").await.map(|(status, _)| status),
+        Some(200)
+    );
+
+    // Published by the generator while the service runs (keyed by gateway, paced).
+    let input = dir.path().join("fleet.jsonl");
+    let status = meterflow()
+        .args([
+            "generate",
+            "--devices",
+            "96",
+            "--hours",
+            "8",
+            "--seed",
+            "11",
+        ])
+        .args([
+            "--disorder",
+            "2m",
+            "--fault-rate",
+            "0.01",
+            "--duplicate-rate",
+            "0.01",
+        ])
+        .args(["--kafka-brokers", &broker.bootstrap, "--topic", &topic])
+        .args(["--rate", "3000", "--kafka-option", "batch.num.messages=1"])
+        .arg("--output")
+        .arg(&input)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let produced = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as f64;
+    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
+
+    // Every message consumed and committed: the counters and the lag say so.
+    let lag = |p: i32| format!("meterflow_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}}");
+    let metrics = metrics_until(port, Duration::from_secs(120), |m| {
+        sample(m, "meterflow_messages_total") == Some(produced)
+            && (0..PARTITIONS).all(|p| sample(m, &lag(p)) == Some(0.0))
+    })
+    .await;
+    for (reason, count) in &expected_letters {
+        let name = format!("meterflow_dead_letters_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&metrics, &name), Some(*count as f64), "{name}");
+    }
+    let rows_so_far = sample(&metrics, "meterflow_rows_written_total").unwrap();
+    assert!(rows_so_far > 0.0 && rows_so_far <= expected.len() as f64);
+    assert!(sample(&metrics, "meterflow_epoch_duration_seconds_count").unwrap() >= 1.0);
+    assert!(sample(&metrics, "meterflow_devices").unwrap() >= 96.0);
+
+    // SIGTERM: exits 0 promptly, and the last checkpoint holds every offset it read.
+    let pid = running.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    finish(running, Duration::from_secs(30));
+    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
+    let checkpoint = meterflow::checkpoint::CheckpointStore::new(location.clone())
+        .latest()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    assert_eq!(checkpoint.next_offsets.iter().sum::<i64>() as f64, produced);
+
+    // The readings still waiting for the watermark come out when a backfill run drains.
+    finish(
+        service(&broker, &topic, &output, &env),
+        Duration::from_secs(120),
+    );
+    let got = rows(&read_all(&location).await.unwrap());
+    assert!(got == expected, "{}", difference(&got, &expected));
+    assert_eq!(dead_letter_counts(&location).await, expected_letters);
+    let checked = assert_parquet_objects_exact(location.store.as_ref(), &location.prefix).await;
+    assert!(checked > 0);
 }

@@ -8,6 +8,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int32Type, TimestampMicrosecondType};
 use clap::Parser;
 use meterflow::cli::{self, Cli, Command};
+use meterflow::reason::Reason;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -52,6 +53,16 @@ fn transformed(dir: &Path) -> PathBuf {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = cli::transform(&args, &runtime).unwrap();
     assert!(summary.rows > 0 && summary.files > 1);
+    // At the end of the input every accepted reading has become exactly one row, and every
+    // reading is accounted for: accepted, a duplicate, or a reading-level dead letter.
+    assert_eq!(summary.accepted, summary.rows);
+    let message_level = summary.dead_letters_for(Reason::InvalidJson)
+        + summary.dead_letters_for(Reason::MissingMeasurements);
+    assert_eq!(
+        summary.readings,
+        summary.accepted + summary.duplicates + summary.dead_letter_total() - message_level,
+        "{summary:?}"
+    );
     output
 }
 
