@@ -89,6 +89,21 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `meterflow=debug`.
     #[arg(long, global = true, env = "MF_LOG", default_value = "warn")]
     pub log: String,
+    /// Log format: `text` for terminals, `json` (one object per line) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "MF_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

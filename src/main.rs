@@ -3,17 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use meterflow::cli::{self, Cli};
+use meterflow::cli::{self, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -199,3 +199,28 @@ fn invalid_times_in_flags_are_named() {
             "invalid --processing-time \"noon\"",
         ));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_for_log_collectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = meterflow()
+        .args(["--log", "info", "--log-format", "json", "transform"])
+        .args(["--input", "-", "--output"])
+        .arg(dir.path().join("out"))
+        .write_stdin(INPUT)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).expect("each log line is JSON"))
+        .collect();
+    let written = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "epoch written")
+        .unwrap_or_else(|| panic!("an `epoch written` event in\n{stderr}"));
+    assert_eq!(written["level"], "INFO");
+    assert_eq!(written["fields"]["rows"], 4);
+}
