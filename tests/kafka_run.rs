@@ -623,3 +623,167 @@ async fn produced_while_running_it_reports_true_metrics_and_sigterm_commits_all_
     let checked = assert_parquet_objects_exact(location.store.as_ref(), &location.prefix).await;
     assert!(checked > 0);
 }
+
+/// `meterflow run` that must fail: its exit status and stderr.
+fn failing_run(args: &[&str], env: &[(&str, String)]) -> String {
+    let output = meterflow()
+        .arg("run")
+        .args(args)
+        .args(["--metrics-addr", "127.0.0.1:0", "--stop-when-drained"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_topic_a_missing_bucket_and_wrong_credentials_are_clear_errors() {
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let topic = create_topic(&broker).await;
+    let bucket = s3.create_bucket("faults").await;
+    let env = s3.env().await;
+    let output = format!("s3://{bucket}/meters");
+    let brokers = ["--brokers", broker.bootstrap.as_str()];
+
+    let stderr = failing_run(
+        &[
+            &brokers[..],
+            &["--topics", "no-such-topic", "--output", &output],
+        ]
+        .concat(),
+        &env,
+    );
+    assert!(
+        stderr.contains("topic \"no-such-topic\" does not exist"),
+        "{stderr}"
+    );
+
+    let stderr = failing_run(
+        &[
+            &brokers[..],
+            &["--topics", &topic, "--output", "s3://no-such-bucket/meters"],
+        ]
+        .concat(),
+        &env,
+    );
+    assert!(stderr.contains("no-such-bucket"), "{stderr}");
+    assert!(stderr.contains("NoSuchBucket"), "{stderr}");
+
+    let mut wrong = env.clone();
+    for (key, value) in &mut wrong {
+        if *key == "AWS_SECRET_ACCESS_KEY" {
+            *value = "not-the-secret".into();
+        }
+    }
+    let stderr = failing_run(
+        &[&brokers[..], &["--topics", &topic, "--output", &output]].concat(),
+        &wrong,
+    );
+    assert!(
+        stderr.contains("SignatureDoesNotMatch") || stderr.contains("AccessDenied"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_object_store_and_the_broker_paused_mid_run_lose_and_duplicate_nothing() {
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), 400, "24");
+    let topic = create_topic(&broker).await;
+    produce(&broker, &topic, &input).await;
+    let bucket = s3.create_bucket("pause").await;
+    let env = s3.env().await;
+    let output = format!("s3://{bucket}/meters");
+
+    let mut running = service(&broker, &topic, &output, &env);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Requests in flight (an upload, a checkpoint) hang, then are retried.
+    s3.container.pause().await.expect("pause the object store");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s3.container
+        .unpause()
+        .await
+        .expect("unpause the object store");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.container.pause().await.expect("pause the broker");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker
+        .container
+        .unpause()
+        .await
+        .expect("unpause the broker");
+    assert!(
+        running.try_wait().unwrap().is_none(),
+        "the service was still at work through both pauses"
+    );
+    let logs = finish(running, Duration::from_secs(240));
+
+    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
+    let got = rows(&read_all(&location).await.unwrap());
+    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
+    assert!(got == expected, "{}\n{logs}", difference(&got, &expected));
+    assert_eq!(dead_letter_counts(&location).await, expected_letters);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_on_one_checkpoint_prefix_never_both_commit() {
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), 400, "24");
+    let topic = create_topic(&broker).await;
+    produce(&broker, &topic, &input).await;
+    let bucket = s3.create_bucket("twins").await;
+    let env = s3.env().await;
+    let output = format!("s3://{bucket}/meters");
+
+    let mut twins = [
+        service(&broker, &topic, &output, &env),
+        service(&broker, &topic, &output, &env),
+    ];
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    for child in &mut twins {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                outcomes.push((status.success(), read_stderr(child)));
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(240), "a twin hangs");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let winners = outcomes.iter().filter(|(ok, _)| *ok).count();
+    // Started together, they race for the same epochs: one loses a conditional put.
+    assert_eq!(winners, 1, "{outcomes:#?}");
+    for (ok, stderr) in &outcomes {
+        // The loser stops with the fencing error, never with anything else.
+        assert!(
+            *ok || stderr.contains("already claimed by another instance"),
+            "{stderr}"
+        );
+    }
+
+    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
+    let got = rows(&read_all(&location).await.unwrap());
+    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
+    assert!(got == expected, "{}", difference(&got, &expected));
+    assert_eq!(dead_letter_counts(&location).await, expected_letters);
+}
