@@ -216,6 +216,7 @@ pub fn run(
         telemetry,
         checkpoints,
         consumer,
+        idle_applied: vec![false; partitions.len()],
         partitions,
         processor,
         report: &mut report,
@@ -261,6 +262,8 @@ struct Service<'a> {
     consumer: ServiceConsumer,
     partitions: Vec<Partition>,
     processor: Processor,
+    /// The idle flags the state last applied (from the last epoch's intent).
+    idle_applied: Vec<bool>,
     report: &'a mut RunReport,
 }
 
@@ -317,7 +320,12 @@ impl Service<'_> {
             // A drained stream closes with an epoch only if it has something to emit, so a
             // restart after the last epoch writes nothing new.
             let flush = drained && (has_messages || self.processor.has_pending());
-            if due || full || flush || (stopping && has_messages) {
+            // A partition turning idle may release waiting readings even when no message
+            // comes: a quiet stream still gets its rows.
+            let released = !has_messages
+                && self.idle_now() != self.idle_applied
+                && self.processor.has_pending();
+            if due || full || flush || released || (stopping && has_messages) {
                 let intent = self.intent(epoch, drained);
                 self.checkpoints_record(&intent)?;
                 self.run_epoch(&intent)?;
@@ -406,6 +414,14 @@ impl Service<'_> {
         }
     }
 
+    /// Per partition, whether it has been quiet for the idle timeout with nothing buffered.
+    fn idle_now(&self) -> Vec<bool> {
+        self.partitions
+            .iter()
+            .map(|p| p.buffered.is_empty() && p.last_message.elapsed() >= self.options.idle_timeout)
+            .collect()
+    }
+
     /// The intent of the epoch that takes everything buffered now.
     fn intent(&self, epoch: u64, end_of_input: bool) -> Intent {
         let ranges = self
@@ -426,11 +442,7 @@ impl Service<'_> {
                 }
             })
             .collect();
-        let idle = self
-            .partitions
-            .iter()
-            .map(|p| p.buffered.is_empty() && p.last_message.elapsed() >= self.options.idle_timeout)
-            .collect();
+        let idle = self.idle_now();
         Intent {
             epoch,
             ranges,
@@ -449,6 +461,7 @@ impl Service<'_> {
         for (index, &idle) in intent.idle.iter().enumerate() {
             self.processor.set_idle(index, idle);
         }
+        self.idle_applied.clone_from(&intent.idle);
         let limits = Limits {
             latest_time: intent
                 .processing_time

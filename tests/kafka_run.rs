@@ -88,8 +88,18 @@ async fn create_topic(broker: &KafkaBroker) -> String {
     topic
 }
 
-/// Produces every line of `input` (in file order, per partition).
+/// Produces every line of `input` (in file order, per partition) keyed by gateway.
 async fn produce(broker: &KafkaBroker, topic: &str, input: &FsPath) -> usize {
+    produce_to(broker, topic, input, partition_of).await
+}
+
+/// Produces every line of `input` to the partition `partition` picks.
+async fn produce_to(
+    broker: &KafkaBroker,
+    topic: &str,
+    input: &FsPath,
+    partition: impl Fn(&str) -> i32,
+) -> usize {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
         .set("message.timeout.ms", "30000")
@@ -107,7 +117,7 @@ async fn produce(broker: &KafkaBroker, topic: &str, input: &FsPath) -> usize {
     futures::stream::iter(&lines)
         .map(|line| {
             let record = FutureRecord::<(), str>::to(topic)
-                .partition(partition_of(line))
+                .partition(partition(line))
                 .payload(*line);
             producer.send(record, Duration::from_secs(30))
         })
@@ -786,4 +796,81 @@ async fn two_instances_on_one_checkpoint_prefix_never_both_commit() {
     let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
     assert!(got == expected, "{}", difference(&got, &expected));
     assert_eq!(dead_letter_counts(&location).await, expected_letters);
+}
+
+/// `meterflow run` without draining, with metrics on `port`.
+fn live_service(
+    broker: &KafkaBroker,
+    topic: &str,
+    output: &str,
+    env: &[(&str, String)],
+    port: u16,
+    idle_timeout: &str,
+) -> Child {
+    meterflow()
+        .args(["run", "--brokers", &broker.bootstrap, "--topics", topic])
+        .args(["--group", &format!("{topic}-group"), "--output", output])
+        .args(["--epoch-interval", "300ms", "--idle-timeout", idle_timeout])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meterflow run starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout() {
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), 48, "8");
+    let topic = create_topic(&broker).await;
+    // Partition 2 never receives a message.
+    let produced = produce_to(&broker, &topic, &input, |line| partition_of(line) % 2).await;
+    let env = s3.env().await;
+    let consumed = |m: &str| sample(m, "meterflow_messages_total") == Some(produced as f64);
+
+    // Waiting for partition 2 for an hour: everything is read, nothing can be emitted.
+    let held_bucket = s3.create_bucket("held").await;
+    let held_port = free_port();
+    let held = live_service(
+        &broker,
+        &topic,
+        &format!("s3://{held_bucket}/meters"),
+        &env,
+        held_port,
+        "1h",
+    );
+    // (Counters move only when an epoch commits: all messages are in committed epochs.)
+    let metrics = metrics_until(held_port, Duration::from_secs(120), consumed).await;
+    assert_eq!(sample(&metrics, "meterflow_rows_written_total"), Some(0.0));
+
+    // Idle after 2 s: the two active partitions alone move the watermark.
+    let idle_bucket = s3.create_bucket("idle").await;
+    let idle_port = free_port();
+    let idle = live_service(
+        &broker,
+        &topic,
+        &format!("s3://{idle_bucket}/meters"),
+        &env,
+        idle_port,
+        "2s",
+    );
+    let metrics = metrics_until(idle_port, Duration::from_secs(120), |m| {
+        consumed(m) && sample(m, "meterflow_rows_written_total").is_some_and(|rows| rows > 0.0)
+    })
+    .await;
+    // All but the readings within the allowed lateness of the newest one are out.
+    let rows = sample(&metrics, "meterflow_rows_written_total").unwrap();
+    let accepted = sample(&metrics, "meterflow_readings_accepted_total").unwrap();
+    assert!(rows > accepted * 0.9, "{rows} of {accepted}");
+    for mut child in [held, idle] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
