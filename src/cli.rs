@@ -410,8 +410,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => {
             let report = run_service(&args, &runtime)?;
             eprintln!(
-                "meterflow run → {} stopped after {} epochs (next epoch {})\n{}",
-                args.sink.output, report.epochs, report.next_epoch, report.summary
+                "meterflow run → {} stopped after {} epochs (next epoch {}); this process took \
+                 {} readings in {:.3} s = {:.0} readings/s; totals since the first epoch:\n{}",
+                args.sink.output,
+                report.epochs,
+                report.next_epoch,
+                report.readings_here,
+                report.elapsed.as_secs_f64(),
+                report.readings_here as f64 / report.elapsed.as_secs_f64().max(1e-9),
+                report.summary
             );
             Ok(())
         }

@@ -114,6 +114,10 @@ pub struct RunReport {
     pub epochs: u64,
     /// The next epoch number.
     pub next_epoch: u64,
+    /// Readings this process took (the summary counts since the prefix's first epoch).
+    pub readings_here: u64,
+    /// Wall time of this process's run.
+    pub elapsed: Duration,
 }
 
 /// A consumed message waiting for its epoch.
@@ -203,7 +207,10 @@ pub fn run(
         "consuming"
     );
 
+    let restored_readings = processor.summary.readings;
     let mut report = RunReport {
+        readings_here: 0,
+        elapsed: Duration::ZERO,
         summary: processor.summary.clone(),
         epochs: 0,
         next_epoch: epoch,
@@ -228,6 +235,9 @@ pub fn run(
     }
     telemetry.readiness.set_checkpoint_loaded();
     service.live(epoch, &stop)?;
+    report.readings_here = report.summary.readings - restored_readings;
+    report.elapsed = now.elapsed();
+    report.summary.elapsed = report.elapsed;
     Ok(report)
 }
 
