@@ -215,6 +215,10 @@ pub struct RunArgs {
     /// (backfills and tests).
     #[arg(long, env = "MF_STOP_WHEN_DRAINED")]
     pub stop_when_drained: bool,
+    /// Publish dead letters to this topic (at least once, keyed by source record) instead of
+    /// writing `_dead_letter/` files.
+    #[arg(long, env = "MF_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
     /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served (port 0: any).
     #[arg(long, env = "MF_METRICS_ADDR", default_value = "0.0.0.0:9898")]
     pub metrics_addr: std::net::SocketAddr,
@@ -442,6 +446,7 @@ pub fn run_service(
         idle_timeout: args.idle_timeout,
         stop_when_drained: args.stop_when_drained,
         request_timeout: Duration::from_secs(30),
+        dead_letter_topic: args.dead_letter_topic.clone(),
     };
     eprintln!(
         "meterflow run: kafka {} topics={} group={} → {} (epoch {:?} or {} bytes, lateness {:?}, idle {:?}{})",
@@ -455,6 +460,9 @@ pub fn run_service(
         options.idle_timeout,
         if options.stop_when_drained { ", stop when drained" } else { "" }
     );
+    if let Some(topic) = &options.dead_letter_topic {
+        eprintln!("meterflow run: dead letters → Kafka topic {topic} (at least once)");
+    }
     let sink = args.sink.open_sink()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();

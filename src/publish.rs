@@ -12,6 +12,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
+use crate::dead_letter::{DeadLetter, Origin};
+
 /// How long the last messages may take to be delivered before `finish` gives up.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -177,5 +179,60 @@ mod tests {
         assert_eq!(gateway_key(line, 8).as_deref(), Some("125048"));
         assert_eq!(gateway_key(b"{not json", 8), None);
         assert_eq!(gateway_key(br#"{"measurements":[]}"#, 8), None);
+    }
+}
+
+/// Dead letters to a Kafka topic instead of `_dead_letter/` files (`run --dead-letter-topic`).
+///
+/// Published after an epoch's files and before its checkpoint, so none is lost; a replayed
+/// epoch publishes its letters again (at least once: the key `topic/partition/offset/index`
+/// of the refused record identifies duplicates).
+pub struct DeadLetterTopic {
+    producer: BaseProducer,
+    topic: String,
+}
+
+impl DeadLetterTopic {
+    pub fn new(mut config: ClientConfig, topic: &str) -> Result<Self, KafkaError> {
+        let producer = config.set("enable.idempotence", "true").create()?;
+        Ok(DeadLetterTopic {
+            producer,
+            topic: topic.to_string(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends the letters and waits until the brokers have them all.
+    pub fn publish(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+        for letter in letters {
+            let key = match &letter.source {
+                Origin::Kafka {
+                    topic,
+                    partition,
+                    offset,
+                } => format!(
+                    "{topic}/{partition}/{offset}/{}",
+                    letter.index.map_or(String::new(), |i| i.to_string())
+                ),
+                Origin::File { file, line } => format!("{file}:{line}"),
+            };
+            let line = letter.to_json_line();
+            let payload = line.trim_end();
+            let mut record = BaseRecord::to(&self.topic).key(&key).payload(payload);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(50));
+                    }
+                    Err((error, _)) => return Err(error),
+                }
+            }
+        }
+        self.producer.flush(FLUSH_TIMEOUT)
     }
 }

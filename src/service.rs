@@ -32,6 +32,7 @@ use crate::dead_letter::Origin;
 use crate::deltas::StateError;
 use crate::kafka::{KafkaSettings, KafkaSetupError, ServiceConsumer};
 use crate::pipeline::{write_epoch, PipelineOptions, Processor};
+use crate::publish::DeadLetterTopic;
 use crate::reading::{DecodedBlock, Limits};
 use crate::sink::{ParquetSink, SinkError};
 use crate::source::BLOCK_BYTES;
@@ -52,6 +53,12 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("cannot publish dead letters to topic {topic}")]
+    DeadLetterTopic {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     #[error(
         "the checkpoint's intent for epoch {epoch} names {topic}[{partition}] offsets \
          {start}..{end}, but the broker delivered only up to {reached} (retention, or a \
@@ -103,6 +110,8 @@ pub struct RunOptions {
     pub stop_when_drained: bool,
     /// How long broker requests (metadata, end offsets) may take.
     pub request_timeout: Duration,
+    /// Dead letters go to this topic instead of `_dead_letter/` files.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// What a run did before it stopped.
@@ -160,6 +169,24 @@ pub fn run(
             .kafka
             .partitions(&consumer, &options.topics, options.request_timeout)?;
     telemetry.readiness.set_kafka(true);
+    let dead_letters = match &options.dead_letter_topic {
+        Some(topic) => {
+            // Fails clearly now rather than at the first bad record.
+            options.kafka.partitions(
+                &consumer,
+                std::slice::from_ref(topic),
+                options.request_timeout,
+            )?;
+            let config = options.kafka.client_config()?;
+            Some(DeadLetterTopic::new(config, topic).map_err(|source| {
+                RunError::DeadLetterTopic {
+                    topic: topic.clone(),
+                    source,
+                }
+            })?)
+        }
+        None => None,
+    };
 
     let pipeline = PipelineOptions {
         allowed_lateness: options.allowed_lateness,
@@ -221,6 +248,7 @@ pub fn run(
         sink,
         runtime,
         telemetry,
+        dead_letters,
         checkpoints,
         consumer,
         idle_applied: vec![false; partitions.len()],
@@ -268,6 +296,7 @@ struct Service<'a> {
     sink: &'a ParquetSink,
     runtime: &'a Handle,
     telemetry: &'a Telemetry,
+    dead_letters: Option<DeadLetterTopic>,
     checkpoints: CheckpointStore,
     consumer: ServiceConsumer,
     partitions: Vec<Partition>,
@@ -490,8 +519,20 @@ impl Service<'_> {
                     });
             }
         }
-        let content = self.processor.take_epoch(intent.end_of_input);
+        let mut content = self.processor.take_epoch(intent.end_of_input);
+        let letters = match &self.dead_letters {
+            Some(_) => std::mem::take(&mut content.dead_letters),
+            None => Vec::new(),
+        };
         let written = write_epoch(self.sink, self.runtime, intent.epoch, content)?;
+        if let Some(topic) = &self.dead_letters {
+            topic
+                .publish(&letters)
+                .map_err(|source| RunError::DeadLetterTopic {
+                    topic: topic.topic().to_string(),
+                    source,
+                })?;
+        }
         let summary = &mut self.processor.summary;
         summary.rows += written.rows as u64;
         summary.files += written.data_files.len() as u64;

@@ -874,3 +874,77 @@ async fn an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout() 
         let _ = child.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_can_go_to_a_kafka_topic_with_their_source() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), 48, "8");
+    let topic = create_topic(&broker).await;
+    let dead_letter_topic = create_topic(&broker).await;
+    produce(&broker, &topic, &input).await;
+    let bucket = s3.create_bucket("dlq").await;
+    let env = s3.env().await;
+    let status = meterflow()
+        .args(["run", "--brokers", &broker.bootstrap, "--topics", &topic])
+        .args(["--output", &format!("s3://{bucket}/meters")])
+        .args(["--epoch-interval", "300ms", "--stop-when-drained"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(["--dead-letter-topic", &dead_letter_topic])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let (expected_rows, expected_letters) = transform_reference(&input, dir.path()).await;
+    let total: usize = expected_letters.values().sum();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", unique_name("dlq-reader"))
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition_offset(&dead_letter_topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut seen = 0;
+    let started = Instant::now();
+    while seen < total && started.elapsed() < Duration::from_secs(60) {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.unwrap();
+            let letter: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap()).unwrap();
+            assert_eq!(letter["source"]["topic"], topic.as_str());
+            let key = std::str::from_utf8(message.key().unwrap()).unwrap();
+            assert!(
+                key.starts_with(&format!(
+                    "{topic}/{}/{}/",
+                    letter["source"]["partition"], letter["source"]["offset"]
+                )),
+                "{key}"
+            );
+            *counts
+                .entry(letter["reason"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            seen += 1;
+        }
+    }
+    assert_eq!(counts, expected_letters);
+    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
+    assert!(
+        dead_letter_counts(&location).await.is_empty(),
+        "no dead-letter files"
+    );
+    assert_eq!(rows(&read_all(&location).await.unwrap()), expected_rows);
+}
