@@ -169,19 +169,6 @@ impl Write for Tee<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_is_keyed_by_its_gateway() {
-        let line = br#"{"measurements":[{"device_id":"x"},{"device_id":1000385,"time":"t"}]}"#;
-        assert_eq!(gateway_key(line, 8).as_deref(), Some("125048"));
-        assert_eq!(gateway_key(b"{not json", 8), None);
-        assert_eq!(gateway_key(br#"{"measurements":[]}"#, 8), None);
-    }
-}
-
 /// Dead letters to a Kafka topic instead of `_dead_letter/` files (`run --dead-letter-topic`).
 ///
 /// Published after an epoch's files and before its checkpoint, so none is lost; a replayed
@@ -234,5 +221,18 @@ impl DeadLetterTopic {
             }
         }
         self.producer.flush(FLUSH_TIMEOUT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_keyed_by_its_gateway() {
+        let line = br#"{"measurements":[{"device_id":"x"},{"device_id":1000385,"time":"t"}]}"#;
+        assert_eq!(gateway_key(line, 8).as_deref(), Some("125048"));
+        assert_eq!(gateway_key(b"{not json", 8), None);
+        assert_eq!(gateway_key(br#"{"measurements":[]}"#, 8), None);
     }
 }
