@@ -86,16 +86,7 @@ impl KafkaLines {
         if let Some(key) = &key {
             record = record.key(key);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((error, _)) => return Err(io::Error::other(error)),
-            }
-        }
+        send_waiting(&self.producer, record).map_err(io::Error::other)?;
         self.producer.poll(Duration::ZERO);
         self.sent += 1;
         Ok(())
@@ -121,6 +112,23 @@ impl Write for KafkaLines {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Sends `record`, serving delivery reports while the producer's queue is full.
+fn send_waiting<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((error, _)) => return Err(error),
+        }
     }
 }
 
@@ -208,17 +216,10 @@ impl DeadLetterTopic {
             };
             let line = letter.to_json_line();
             let payload = line.trim_end();
-            let mut record = BaseRecord::to(&self.topic).key(&key).payload(payload);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        self.producer.poll(Duration::from_millis(50));
-                    }
-                    Err((error, _)) => return Err(error),
-                }
-            }
+            send_waiting(
+                &self.producer,
+                BaseRecord::to(&self.topic).key(&key).payload(payload),
+            )?;
         }
         self.producer.flush(FLUSH_TIMEOUT)
     }

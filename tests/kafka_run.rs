@@ -88,11 +88,6 @@ async fn create_topic(broker: &KafkaBroker) -> String {
     topic
 }
 
-/// Produces every line of `input` (in file order, per partition) keyed by gateway.
-async fn produce(broker: &KafkaBroker, topic: &str, input: &FsPath) -> usize {
-    produce_to(broker, topic, input, partition_of).await
-}
-
 /// Produces every line of `input` to the partition `partition` picks.
 async fn produce_to(
     broker: &KafkaBroker,
@@ -236,7 +231,7 @@ async fn dead_letter_counts(location: &Location) -> BTreeMap<String, usize> {
 async fn transform_reference(input: &FsPath, dir: &FsPath) -> (Vec<Row>, BTreeMap<String, usize>) {
     let output = dir.join("reference");
     let status = meterflow()
-        .args(["transform", "--input"])
+        .args(["transform", "--overwrite", "--input"])
         .arg(input)
         .arg("--output")
         .arg(&output)
@@ -257,39 +252,112 @@ fn s3_location(client: std::sync::Arc<dyn ObjectStore>, bucket: &str, prefix: &s
     }
 }
 
+/// A broker and an object store with a topic of [`PARTITIONS`] partitions, an empty bucket,
+/// and the fleet the topic was filled with.
+struct Stage {
+    broker: KafkaBroker,
+    s3: S3Server,
+    dir: tempfile::TempDir,
+    input: PathBuf,
+    topic: String,
+    bucket: String,
+    env: Vec<(&'static str, String)>,
+    /// `s3://{bucket}/meters`
+    output: String,
+}
+
+impl Stage {
+    /// Services started, a fleet of `devices` × `hours` produced keyed by gateway, a bucket
+    /// named after `bucket`; `None` when the services are skipped.
+    async fn prefilled(bucket: &str, devices: u32, hours: &str) -> Option<Stage> {
+        Stage::filled(bucket, devices, hours, partition_of).await
+    }
+
+    /// As [`Stage::prefilled`], with `partition` choosing each message's partition.
+    async fn filled(
+        bucket: &str,
+        devices: u32,
+        hours: &str,
+        partition: impl Fn(&str) -> i32,
+    ) -> Option<Stage> {
+        let broker = KafkaBroker::start().await?;
+        let s3 = S3Server::start().await?;
+        let dir = tempfile::tempdir().unwrap();
+        let input = generate(dir.path(), devices, hours);
+        let topic = create_topic(&broker).await;
+        let produced = produce_to(&broker, &topic, &input, partition).await;
+        assert!(produced > 100, "a real fleet: {produced} messages");
+        let bucket = s3.create_bucket(bucket).await;
+        let env = s3.env().await;
+        let output = format!("s3://{bucket}/meters");
+        Some(Stage {
+            broker,
+            s3,
+            dir,
+            input,
+            topic,
+            bucket,
+            env,
+            output,
+        })
+    }
+}
+
+impl Stage {
+    /// `meterflow run --stop-when-drained` into the bucket.
+    fn service(&self) -> Child {
+        service(&self.broker, &self.topic, &self.output, &self.env)
+    }
+
+    /// The run's output prefix in the bucket.
+    async fn location(&self) -> Location {
+        s3_location(self.s3.client(&self.bucket).await, &self.bucket, "meters")
+    }
+
+    /// See [`assert_bucket_equals_transform`].
+    async fn assert_equals_transform(&self, logs: &str) -> Location {
+        assert_bucket_equals_transform(&self.s3, &self.bucket, &self.input, self.dir.path(), logs)
+            .await
+    }
+}
+
+/// The bucket's rows and dead letters per reason are exactly `transform`'s on `input`;
+/// returns the output location. `logs` go into the failure message.
+async fn assert_bucket_equals_transform(
+    s3: &S3Server,
+    bucket: &str,
+    input: &FsPath,
+    dir: &FsPath,
+    logs: &str,
+) -> Location {
+    let location = s3_location(s3.client(bucket).await, bucket, "meters");
+    let got = rows(&read_all(&location).await.unwrap());
+    let (expected, expected_letters) = transform_reference(input, dir).await;
+    let letters = dead_letter_counts(&location).await;
+    assert!(
+        got == expected,
+        "{}\ndead letters {letters:?}, expected {expected_letters:?}\n{logs}",
+        difference(&got, &expected)
+    );
+    assert_eq!(letters, expected_letters);
+    location
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_prefilled_topic_drains_into_exactly_the_rows_of_transform() {
-    let Some(broker) = KafkaBroker::start().await else {
+    let Some(stage) = Stage::prefilled("run", 48, "8").await else {
         return;
     };
-    let Some(s3) = S3Server::start().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let input = generate(dir.path(), 48, "8");
-    let topic = create_topic(&broker).await;
-    let produced = produce(&broker, &topic, &input).await;
-    assert!(produced > 100);
-    let bucket = s3.create_bucket("run").await;
-    let env = s3.env().await;
 
-    let stderr = finish(
-        service(&broker, &topic, &format!("s3://{bucket}/meters"), &env),
-        Duration::from_secs(180),
-    );
+    let stderr = finish(stage.service(), Duration::from_secs(180));
     assert!(stderr.contains("epoch committed"), "{stderr}");
-
-    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
-    let got = rows(&read_all(&location).await.unwrap());
-    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
+    let location = stage.assert_equals_transform(&stderr).await;
+    let (expected, expected_letters) = transform_reference(&stage.input, stage.dir.path()).await;
     assert!(
         expected.len() > 1000,
         "a real fleet: {} rows",
         expected.len()
     );
-    assert_eq!(got.len(), expected.len(), "row count");
-    assert_eq!(got, expected);
-    assert_eq!(dead_letter_counts(&location).await, expected_letters);
     assert!(!expected_letters.is_empty());
     let checked = assert_parquet_objects_exact(location.store.as_ref(), &location.prefix).await;
     assert!(checked > 0, "no Parquet object under {}", location.display);
@@ -326,25 +394,15 @@ async fn chaos_a_hundred_kills_lose_and_duplicate_nothing() {
 /// kills hit a running service.
 async fn kill_and_restart(kills: usize, devices: u32) {
     use rand::{Rng, SeedableRng};
-    let Some(broker) = KafkaBroker::start().await else {
+    let Some(stage) = Stage::prefilled("crash", devices, "24").await else {
         return;
     };
-    let Some(s3) = S3Server::start().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let input = generate(dir.path(), devices, "24");
-    let topic = create_topic(&broker).await;
-    produce(&broker, &topic, &input).await;
-    let bucket = s3.create_bucket("crash").await;
-    let env = s3.env().await;
-    let output = format!("s3://{bucket}/meters");
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut killed_while_running = 0;
     let mut logs = String::new();
     for _ in 0..kills {
-        let mut child = service(&broker, &topic, &output, &env);
+        let mut child = stage.service();
         std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
         if child.try_wait().unwrap().is_none() {
             killed_while_running += 1;
@@ -359,21 +417,9 @@ async fn kill_and_restart(kills: usize, devices: u32) {
         killed_while_running >= kills / 2,
         "only {killed_while_running} of {kills} kills hit a running service: make the input larger"
     );
-    logs.push_str(&finish(
-        service(&broker, &topic, &output, &env),
-        Duration::from_secs(180),
-    ));
+    logs.push_str(&finish(stage.service(), Duration::from_secs(180)));
 
-    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
-    let got = rows(&read_all(&location).await.unwrap());
-    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
-    let letters = dead_letter_counts(&location).await;
-    assert!(
-        got == expected,
-        "{}\ndead letters {letters:?}, expected {expected_letters:?}\n{logs}",
-        difference(&got, &expected)
-    );
-    assert_eq!(letters, expected_letters);
+    stage.assert_equals_transform(&logs).await;
 }
 
 /// Every object under `location`, by name.
@@ -401,27 +447,14 @@ async fn snapshot(location: &Location) -> BTreeMap<String, bytes::Bytes> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_epoch_without_its_checkpoint_is_replayed_into_identical_bytes() {
-    let Some(broker) = KafkaBroker::start().await else {
+    let Some(stage) = Stage::prefilled("replay", 48, "8").await else {
         return;
     };
-    let Some(s3) = S3Server::start().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let input = generate(dir.path(), 48, "8");
-    let topic = create_topic(&broker).await;
-    produce(&broker, &topic, &input).await;
-    let bucket = s3.create_bucket("replay").await;
-    let env = s3.env().await;
-    let output = format!("s3://{bucket}/meters");
-    finish(
-        service(&broker, &topic, &output, &env),
-        Duration::from_secs(180),
-    );
+    finish(stage.service(), Duration::from_secs(180));
 
     // A crash after the files of the last epoch and before its checkpoint leaves exactly
     // this: the epoch's intent and files, no checkpoint.
-    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
+    let location = stage.location().await;
     let before = snapshot(&location).await;
     let last = before
         .keys()
@@ -448,10 +481,7 @@ async fn an_epoch_without_its_checkpoint_is_replayed_into_identical_bytes() {
         .await
         .unwrap();
 
-    let stderr = finish(
-        service(&broker, &topic, &output, &env),
-        Duration::from_secs(180),
-    );
+    let stderr = finish(stage.service(), Duration::from_secs(180));
     assert!(stderr.contains("replaying"), "{stderr}");
     let after = snapshot(&location).await;
     assert_eq!(
@@ -702,72 +732,44 @@ async fn a_missing_topic_a_missing_bucket_and_wrong_credentials_are_clear_errors
     );
 }
 
+/// Freezes a container's processes for `duration` (connections stay open, nothing answers).
+async fn pause_for(
+    container: &testcontainers::ContainerAsync<testcontainers::GenericImage>,
+    duration: Duration,
+) {
+    container.pause().await.expect("pause a container");
+    tokio::time::sleep(duration).await;
+    container.unpause().await.expect("unpause a container");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_object_store_and_the_broker_paused_mid_run_lose_and_duplicate_nothing() {
-    let Some(broker) = KafkaBroker::start().await else {
+    let Some(stage) = Stage::prefilled("pause", 400, "24").await else {
         return;
     };
-    let Some(s3) = S3Server::start().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let input = generate(dir.path(), 400, "24");
-    let topic = create_topic(&broker).await;
-    produce(&broker, &topic, &input).await;
-    let bucket = s3.create_bucket("pause").await;
-    let env = s3.env().await;
-    let output = format!("s3://{bucket}/meters");
 
-    let mut running = service(&broker, &topic, &output, &env);
+    let mut running = stage.service();
     tokio::time::sleep(Duration::from_millis(800)).await;
     // Requests in flight (an upload, a checkpoint) hang, then are retried.
-    s3.container.pause().await.expect("pause the object store");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    s3.container
-        .unpause()
-        .await
-        .expect("unpause the object store");
+    pause_for(&stage.s3.container, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    broker.container.pause().await.expect("pause the broker");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    broker
-        .container
-        .unpause()
-        .await
-        .expect("unpause the broker");
+    pause_for(&stage.broker.container, Duration::from_secs(3)).await;
     assert!(
         running.try_wait().unwrap().is_none(),
         "the service was still at work through both pauses"
     );
     let logs = finish(running, Duration::from_secs(240));
 
-    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
-    let got = rows(&read_all(&location).await.unwrap());
-    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
-    assert!(got == expected, "{}\n{logs}", difference(&got, &expected));
-    assert_eq!(dead_letter_counts(&location).await, expected_letters);
+    stage.assert_equals_transform(&logs).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_on_one_checkpoint_prefix_never_both_commit() {
-    let Some(broker) = KafkaBroker::start().await else {
+    let Some(stage) = Stage::prefilled("twins", 400, "24").await else {
         return;
     };
-    let Some(s3) = S3Server::start().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let input = generate(dir.path(), 400, "24");
-    let topic = create_topic(&broker).await;
-    produce(&broker, &topic, &input).await;
-    let bucket = s3.create_bucket("twins").await;
-    let env = s3.env().await;
-    let output = format!("s3://{bucket}/meters");
 
-    let mut twins = [
-        service(&broker, &topic, &output, &env),
-        service(&broker, &topic, &output, &env),
-    ];
+    let mut twins = [stage.service(), stage.service()];
     let started = Instant::now();
     let mut outcomes = Vec::new();
     for child in &mut twins {
@@ -791,11 +793,7 @@ async fn two_instances_on_one_checkpoint_prefix_never_both_commit() {
         );
     }
 
-    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
-    let got = rows(&read_all(&location).await.unwrap());
-    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
-    assert!(got == expected, "{}", difference(&got, &expected));
-    assert_eq!(dead_letter_counts(&location).await, expected_letters);
+    stage.assert_equals_transform("").await;
 }
 
 /// `meterflow run` without draining, with metrics on `port`.
@@ -821,28 +819,27 @@ fn live_service(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout() {
-    let Some(broker) = KafkaBroker::start().await else {
-        return;
-    };
-    let Some(s3) = S3Server::start().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let input = generate(dir.path(), 48, "8");
-    let topic = create_topic(&broker).await;
     // Partition 2 never receives a message.
-    let produced = produce_to(&broker, &topic, &input, |line| partition_of(line) % 2).await;
-    let env = s3.env().await;
+    let Some(stage) = Stage::filled("idle-fleet", 48, "8", |line| partition_of(line) % 2).await
+    else {
+        return;
+    };
+    let (broker, s3, topic, env) = (&stage.broker, &stage.s3, &stage.topic, &stage.env);
+    let produced = std::fs::read_to_string(&stage.input)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
     let consumed = |m: &str| sample(m, "meterflow_messages_total") == Some(produced as f64);
 
     // Waiting for partition 2 for an hour: everything is read, nothing can be emitted.
     let held_bucket = s3.create_bucket("held").await;
     let held_port = free_port();
     let held = live_service(
-        &broker,
-        &topic,
+        broker,
+        topic,
         &format!("s3://{held_bucket}/meters"),
-        &env,
+        env,
         held_port,
         "1h",
     );
@@ -854,10 +851,10 @@ async fn an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout() 
     let idle_bucket = s3.create_bucket("idle").await;
     let idle_port = free_port();
     let idle = live_service(
-        &broker,
-        &topic,
+        broker,
+        topic,
         &format!("s3://{idle_bucket}/meters"),
-        &env,
+        env,
         idle_port,
         "2s",
     );
@@ -879,35 +876,33 @@ async fn an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout() 
 async fn dead_letters_can_go_to_a_kafka_topic_with_their_source() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
-    let Some(broker) = KafkaBroker::start().await else {
+    let Some(stage) = Stage::prefilled("dlq", 48, "8").await else {
         return;
     };
-    let Some(s3) = S3Server::start().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let input = generate(dir.path(), 48, "8");
-    let topic = create_topic(&broker).await;
-    let dead_letter_topic = create_topic(&broker).await;
-    produce(&broker, &topic, &input).await;
-    let bucket = s3.create_bucket("dlq").await;
-    let env = s3.env().await;
+    let dead_letter_topic = create_topic(&stage.broker).await;
     let status = meterflow()
-        .args(["run", "--brokers", &broker.bootstrap, "--topics", &topic])
-        .args(["--output", &format!("s3://{bucket}/meters")])
+        .args([
+            "run",
+            "--brokers",
+            &stage.broker.bootstrap,
+            "--topics",
+            &stage.topic,
+        ])
+        .args(["--output", &stage.output])
         .args(["--epoch-interval", "300ms", "--stop-when-drained"])
         .args(["--metrics-addr", "127.0.0.1:0"])
         .args(["--dead-letter-topic", &dead_letter_topic])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(stage.env.iter().map(|(k, v)| (*k, v.as_str())))
         .stderr(Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
 
-    let (expected_rows, expected_letters) = transform_reference(&input, dir.path()).await;
+    let (expected_rows, expected_letters) =
+        transform_reference(&stage.input, stage.dir.path()).await;
     let total: usize = expected_letters.values().sum();
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
+        .set("bootstrap.servers", &stage.broker.bootstrap)
         .set("group.id", unique_name("dlq-reader"))
         .create()
         .unwrap();
@@ -925,12 +920,12 @@ async fn dead_letters_can_go_to_a_kafka_topic_with_their_source() {
             let message = message.unwrap();
             let letter: serde_json::Value =
                 serde_json::from_slice(message.payload().unwrap()).unwrap();
-            assert_eq!(letter["source"]["topic"], topic.as_str());
+            assert_eq!(letter["source"]["topic"], stage.topic.as_str());
             let key = std::str::from_utf8(message.key().unwrap()).unwrap();
             assert!(
                 key.starts_with(&format!(
-                    "{topic}/{}/{}/",
-                    letter["source"]["partition"], letter["source"]["offset"]
+                    "{}/{}/{}/",
+                    stage.topic, letter["source"]["partition"], letter["source"]["offset"]
                 )),
                 "{key}"
             );
@@ -941,7 +936,7 @@ async fn dead_letters_can_go_to_a_kafka_topic_with_their_source() {
         }
     }
     assert_eq!(counts, expected_letters);
-    let location = s3_location(s3.client(&bucket).await, &bucket, "meters");
+    let location = stage.location().await;
     assert!(
         dead_letter_counts(&location).await.is_empty(),
         "no dead-letter files"
