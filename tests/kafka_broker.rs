@@ -37,6 +37,21 @@ fn consumer(broker: &KafkaBroker, group: &str, topic: &str) -> StreamConsumer {
     consumer
 }
 
+/// A new single-partition topic named after `prefix`.
+async fn create_topic(broker: &KafkaBroker, prefix: &str) -> String {
+    let topic = unique_name(prefix);
+    let admin: AdminClient<DefaultClientContext> = config(broker).create().expect("admin");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics request");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    topic
+}
+
 /// The next message's (offset, payload), failing after 30 s instead of hanging.
 async fn next(consumer: &StreamConsumer) -> (i64, String) {
     let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
@@ -52,16 +67,7 @@ async fn a_group_resumes_from_its_committed_offset() {
     let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let topic = unique_name("smoke");
-    let admin: AdminClient<DefaultClientContext> = config(&broker).create().expect("admin");
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics request");
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let topic = create_topic(&broker, "smoke").await;
 
     let producer: FutureProducer = config(&broker)
         .set("message.timeout.ms", "30000")
@@ -123,16 +129,7 @@ async fn a_consumer_assigned_at_any_offset_reads_every_later_message() {
     let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let topic = unique_name("seek");
-    let admin: AdminClient<DefaultClientContext> = config(&broker).create().expect("admin");
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics request");
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let topic = create_topic(&broker, "seek").await;
     let producer: FutureProducer = config(&broker)
         .set("message.timeout.ms", "30000")
         .set("enable.idempotence", "true")
