@@ -13,7 +13,7 @@ use std::time::Duration;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::signer::Signer;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use testcontainers::bollard::models::{HostConfig, PortBinding};
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
@@ -187,7 +187,19 @@ impl S3Server {
             .expect("restart the S3 container");
         let client = self.client(bucket).await;
         let started = std::time::Instant::now();
-        while client.list_with_delimiter(None).await.is_err() {
+        // Listing answers as soon as the S3 gateway is up; reading objects needs the volume
+        // server registered again (SeaweedFS answers 500 until then): wait for a whole
+        // write-and-read round trip.
+        let probe = Path::from("_restart_probe");
+        loop {
+            let round_trip = async {
+                client.put(&probe, "probe".into()).await?;
+                client.get(&probe).await?.bytes().await?;
+                client.delete(&probe).await
+            };
+            if round_trip.await.is_ok() {
+                break;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "the S3 server did not come back"
