@@ -533,6 +533,11 @@ impl Deltas {
         Ok(deltas)
     }
 
+    /// The watermark, read-only.
+    pub fn watermark(&self) -> &Watermark {
+        &self.watermark
+    }
+
     /// The watermark, for partition bookkeeping by the pipeline.
     pub fn watermark_mut(&mut self) -> &mut Watermark {
         &mut self.watermark

@@ -181,6 +181,11 @@ impl Processor {
         self.deltas.watermark_mut().set_idle(partition, idle);
     }
 
+    /// Per partition, whether the state treats it as idle.
+    pub fn idle_flags(&self) -> Vec<bool> {
+        self.deltas.watermark().idle_flags()
+    }
+
     /// Whether some reading still waits to be emitted.
     pub fn has_pending(&self) -> bool {
         self.deltas.has_pending()

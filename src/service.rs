@@ -251,7 +251,6 @@ pub fn run(
         dead_letters,
         checkpoints,
         consumer,
-        idle_applied: vec![false; partitions.len()],
         partitions,
         processor,
         report: &mut report,
@@ -301,8 +300,6 @@ struct Service<'a> {
     consumer: ServiceConsumer,
     partitions: Vec<Partition>,
     processor: Processor,
-    /// The idle flags the state last applied (from the last epoch's intent).
-    idle_applied: Vec<bool>,
     report: &'a mut RunReport,
 }
 
@@ -362,7 +359,7 @@ impl Service<'_> {
             // A partition turning idle may release waiting readings even when no message
             // comes: a quiet stream still gets its rows.
             let released = !has_messages
-                && self.idle_now() != self.idle_applied
+                && self.idle_now() != self.processor.idle_flags()
                 && self.processor.has_pending();
             if due || full || flush || released || (stopping && has_messages) {
                 let intent = self.intent(epoch, drained);
@@ -500,7 +497,6 @@ impl Service<'_> {
         for (index, &idle) in intent.idle.iter().enumerate() {
             self.processor.set_idle(index, idle);
         }
-        self.idle_applied.clone_from(&intent.idle);
         let limits = Limits {
             latest_time: intent
                 .processing_time

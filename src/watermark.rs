@@ -55,6 +55,11 @@ impl Watermark {
         self.advance();
     }
 
+    /// Per partition, whether it is idle (not holding the watermark back).
+    pub fn idle_flags(&self) -> Vec<bool> {
+        self.partitions.iter().map(|p| p.idle).collect()
+    }
+
     /// Marks a partition idle (caught up past the idle timeout) or active again.
     pub fn set_idle(&mut self, partition: usize, idle: bool) {
         self.clock(partition).idle = idle;

@@ -21,7 +21,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use support::{assert_parquet_objects_exact, meterflow, unique_name, KafkaBroker, S3Server};
+use support::{
+    assert_parquet_objects_exact, meterflow, objects, unique_name, KafkaBroker, S3Server,
+};
 
 const PARTITIONS: i32 = 3;
 
@@ -201,23 +203,9 @@ fn rows(batches: &[RecordBatch]) -> Vec<Row> {
 /// Dead letters per reason under `location`'s `_dead_letter/`.
 async fn dead_letter_counts(location: &Location) -> BTreeMap<String, usize> {
     let directory = location.prefix.clone().join("_dead_letter");
-    let objects: Vec<_> = location
-        .store
-        .list(Some(&directory))
-        .try_collect()
-        .await
-        .unwrap();
     let mut counts = BTreeMap::new();
-    for object in objects {
-        let bytes = location
-            .store
-            .get(&object.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        for line in std::str::from_utf8(&bytes).unwrap().lines() {
+    for bytes in objects(location.store.as_ref(), &directory).await.values() {
+        for line in std::str::from_utf8(bytes).unwrap().lines() {
             let letter: serde_json::Value = serde_json::from_str(line).unwrap();
             *counts
                 .entry(letter["reason"].as_str().unwrap().to_string())
@@ -422,29 +410,6 @@ async fn kill_and_restart(kills: usize, devices: u32) {
     stage.assert_equals_transform(&logs).await;
 }
 
-/// Every object under `location`, by name.
-async fn snapshot(location: &Location) -> BTreeMap<String, bytes::Bytes> {
-    let all: Vec<_> = location
-        .store
-        .list(Some(&location.prefix))
-        .try_collect()
-        .await
-        .unwrap();
-    let mut objects = BTreeMap::new();
-    for object in &all {
-        let bytes = location
-            .store
-            .get(&object.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        objects.insert(object.location.to_string(), bytes);
-    }
-    objects
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_epoch_without_its_checkpoint_is_replayed_into_identical_bytes() {
     let Some(stage) = Stage::prefilled("replay", 48, "8").await else {
@@ -455,7 +420,7 @@ async fn an_epoch_without_its_checkpoint_is_replayed_into_identical_bytes() {
     // A crash after the files of the last epoch and before its checkpoint leaves exactly
     // this: the epoch's intent and files, no checkpoint.
     let location = stage.location().await;
-    let before = snapshot(&location).await;
+    let before = objects(location.store.as_ref(), &location.prefix).await;
     let last = before
         .keys()
         .filter(|name| name.contains("_checkpoint/checkpoint-"))
@@ -483,7 +448,7 @@ async fn an_epoch_without_its_checkpoint_is_replayed_into_identical_bytes() {
 
     let stderr = finish(stage.service(), Duration::from_secs(180));
     assert!(stderr.contains("replaying"), "{stderr}");
-    let after = snapshot(&location).await;
+    let after = objects(location.store.as_ref(), &location.prefix).await;
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
         before.keys().collect::<Vec<_>>(),

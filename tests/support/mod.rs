@@ -70,16 +70,16 @@ pub fn assert_exact_schema(bytes: bytes::Bytes) {
     );
 }
 
-/// Reads every Parquet object under `prefix` whole and checks its schema; how many there were.
-pub async fn assert_parquet_objects_exact(store: &dyn ObjectStore, prefix: &Path) -> usize {
+/// Every object under `prefix`, read whole, by name.
+pub async fn objects(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+) -> std::collections::BTreeMap<String, bytes::Bytes> {
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
-    let objects: Vec<_> = store.list(Some(prefix)).try_collect().await.unwrap();
-    let mut checked = 0;
-    for object in objects
-        .iter()
-        .filter(|o| o.location.as_ref().ends_with(".parquet"))
-    {
+    let listed: Vec<_> = store.list(Some(prefix)).try_collect().await.unwrap();
+    let mut objects = std::collections::BTreeMap::new();
+    for object in listed {
         let bytes = store
             .get(&object.location)
             .await
@@ -87,6 +87,19 @@ pub async fn assert_parquet_objects_exact(store: &dyn ObjectStore, prefix: &Path
             .bytes()
             .await
             .unwrap();
+        objects.insert(object.location.to_string(), bytes);
+    }
+    objects
+}
+
+/// Reads every Parquet object under `prefix` whole and checks its schema; how many there were.
+pub async fn assert_parquet_objects_exact(store: &dyn ObjectStore, prefix: &Path) -> usize {
+    let mut checked = 0;
+    for (_, bytes) in objects(store, prefix)
+        .await
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".parquet"))
+    {
         assert_exact_schema(bytes);
         checked += 1;
     }
