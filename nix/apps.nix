@@ -1,0 +1,38 @@
+# `nix run .#up` / `nix run .#down`: minikube, the image loaded into it, and the Terraform
+# (OpenTofu) configuration in terraform/ applied or destroyed.
+{
+  pkgs,
+  tools,
+  image,
+}: let
+  runtimeInputs = tools ++ [pkgs.coreutils pkgs.gnutar pkgs.gzip];
+in {
+  up = pkgs.writeShellApplication {
+    name = "meterflow-up";
+    inherit runtimeInputs;
+    text = ''
+      root=''${MF_REPO:-$PWD}
+      if ! minikube status >/dev/null 2>&1; then
+        minikube start --cpus "''${MF_MINIKUBE_CPUS:-4}" --memory "''${MF_MINIKUBE_MEMORY:-8g}"
+      fi
+      echo "up: loading the meterflow image into minikube"
+      minikube image load ${image}
+      tofu -chdir="$root/terraform" init -input=false
+      tofu -chdir="$root/terraform" apply -input=false -auto-approve \
+        -var meterflow_image=meterflow:latest
+      tofu -chdir="$root/terraform" output
+    '';
+  };
+
+  down = pkgs.writeShellApplication {
+    name = "meterflow-down";
+    inherit runtimeInputs;
+    text = ''
+      root=''${MF_REPO:-$PWD}
+      tofu -chdir="$root/terraform" destroy -input=false -auto-approve || true
+      if [ "''${MF_MINIKUBE_DELETE:-0}" = 1 ]; then
+        minikube delete
+      fi
+    '';
+  };
+}
