@@ -17,6 +17,13 @@ in {
       fi
       echo "up: loading the meterflow image into minikube"
       minikube image load ${image}
+      # MinIO's root password: kept in a git-ignored file so re-runs keep the same one.
+      secret="$root/terraform/.minio-root-password"
+      if [ -z "''${TF_VAR_minio_root_password:-}" ]; then
+        [ -s "$secret" ] || (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$secret")
+        TF_VAR_minio_root_password=$(cat "$secret")
+        export TF_VAR_minio_root_password
+      fi
       tofu -chdir="$root/terraform" init -input=false
       tofu -chdir="$root/terraform" apply -input=false -auto-approve \
         -var meterflow_image=meterflow:latest
@@ -29,6 +36,11 @@ in {
     inherit runtimeInputs;
     text = ''
       root=''${MF_REPO:-$PWD}
+      secret="$root/terraform/.minio-root-password"
+      if [ -z "''${TF_VAR_minio_root_password:-}" ] && [ -s "$secret" ]; then
+        TF_VAR_minio_root_password=$(cat "$secret")
+        export TF_VAR_minio_root_password
+      fi
       tofu -chdir="$root/terraform" destroy -input=false -auto-approve || true
       if [ "''${MF_MINIKUBE_DELETE:-0}" = 1 ]; then
         minikube delete

@@ -1,0 +1,27 @@
+output "namespace" {
+  value = local.namespace
+}
+
+output "kafka_brokers" {
+  description = "Bootstrap address inside the cluster"
+  value       = local.kafka_brokers
+}
+
+output "s3_endpoint" {
+  description = "MinIO's S3 endpoint inside the cluster"
+  value       = local.minio_endpoint
+}
+
+output "output_location" {
+  value = "s3://${var.bucket}/readings"
+}
+
+output "reach" {
+  description = "Commands to reach each service from the laptop"
+  value = {
+    minio_s3      = "kubectl -n ${local.namespace} port-forward svc/${local.minio_service} 9000:9000"
+    minio_console = "kubectl -n ${local.namespace} port-forward svc/${local.minio_service} 9001:9001"
+    kafka         = "kubectl -n ${local.namespace} port-forward svc/${local.kafka_service} 9092:9092"
+    metrics       = "kubectl -n ${local.namespace} port-forward svc/meterflow-metrics 9898:9898"
+  }
+}
