@@ -23,5 +23,7 @@ output "reach" {
     minio_console = "kubectl -n ${local.namespace} port-forward svc/${local.minio_service} 9001:9001"
     kafka         = "kubectl -n ${local.namespace} port-forward svc/${local.kafka_service} 9092:9092"
     metrics       = "kubectl -n ${local.namespace} port-forward svc/meterflow-metrics 9898:9898"
+    spark_ui      = "kubectl -n ${local.namespace} port-forward svc/${local.spark_service} 8080:8080"
+    trino         = "kubectl -n ${local.namespace} port-forward svc/trino 8081:8080"
   }
 }

@@ -80,3 +80,33 @@ variable "storage_size" {
   type        = string
   default     = "5Gi"
 }
+
+variable "spark_image" {
+  description = "Apache Spark image (standalone master and workers)"
+  type        = string
+  default     = "apache/spark:4.0.1-scala2.13-java17-python3-ubuntu"
+}
+
+variable "spark_workers" {
+  description = "Number of Spark workers"
+  type        = number
+  default     = 1
+}
+
+variable "spark_worker_cores" {
+  description = "Cores each Spark worker offers"
+  type        = number
+  default     = 2
+}
+
+variable "spark_worker_memory" {
+  description = "Memory each Spark worker offers (Spark syntax, e.g. 2g)"
+  type        = string
+  default     = "2g"
+}
+
+variable "trino_image" {
+  description = "Trino image (Hive connector over the bucket, file metastore)"
+  type        = string
+  default     = "trinodb/trino:476"
+}
