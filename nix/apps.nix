@@ -26,7 +26,7 @@ in {
       fi
       tofu -chdir="$root/terraform" init -input=false
       tofu -chdir="$root/terraform" apply -input=false -auto-approve \
-        -var meterflow_image=meterflow:latest
+        -var meterflow_image=meterflow:${image.imageTag}
       tofu -chdir="$root/terraform" output
     '';
   };

@@ -5,7 +5,7 @@
 }:
 pkgs.dockerTools.buildLayeredImage {
   name = "meterflow";
-  tag = "latest";
+  tag = meterflow.version;
   contents = [meterflow pkgs.cacert];
   config = {
     Entrypoint = ["${meterflow}/bin/meterflow"];

@@ -72,7 +72,7 @@ variable "bucket" {
 variable "meterflow_image" {
   description = "meterflow image (nix build .#image, loaded with minikube image load)"
   type        = string
-  default     = "meterflow:latest"
+  default     = "meterflow:0.1.0"
 }
 
 variable "storage_size" {
