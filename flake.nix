@@ -11,35 +11,37 @@
     };
   };
 
-  outputs = {
-    self,
-    nixpkgs,
-    crane,
-    flake-utils,
-    advisory-db,
-  }:
-    flake-utils.lib.eachSystem ["x86_64-linux" "aarch64-linux"] (system: let
-      pkgs = import nixpkgs {inherit system;};
+  outputs =
+    { self
+    , nixpkgs
+    , crane
+    , flake-utils
+    , advisory-db
+    }:
+    flake-utils.lib.eachSystem [ "x86_64-linux" "aarch64-linux" ] (system:
+    let
+      pkgs = import nixpkgs { inherit system; };
       craneLib = crane.mkLib pkgs;
-      meterflow = import ./nix/package.nix {inherit pkgs craneLib;};
+      meterflow = import ./nix/package.nix { inherit pkgs craneLib; };
       image = import ./nix/image.nix {
         inherit pkgs;
         meterflow = meterflow.package;
       };
       # OpenTofu (MPL) rather than Terraform (BSL, unfree in nixpkgs): same HCL, same
       # providers, no allowUnfree needed. `terraform` works the same without Nix.
-      tools = [pkgs.opentofu pkgs.kubectl pkgs.minikube];
-      scripts = import ./nix/apps.nix {inherit pkgs tools image;};
-    in {
+      tools = [ pkgs.opentofu pkgs.kubectl pkgs.minikube ];
+      scripts = import ./nix/apps.nix { inherit pkgs tools image; };
+    in
+    {
       packages = {
         default = meterflow.package;
         inherit image;
       };
 
       apps = {
-        default = flake-utils.lib.mkApp {drv = meterflow.package;};
-        up = flake-utils.lib.mkApp {drv = scripts.up;};
-        down = flake-utils.lib.mkApp {drv = scripts.down;};
+        default = flake-utils.lib.mkApp { drv = meterflow.package; };
+        up = flake-utils.lib.mkApp { drv = scripts.up; };
+        down = flake-utils.lib.mkApp { drv = scripts.down; };
       };
 
       checks =
@@ -49,11 +51,12 @@
             inherit (meterflow) src;
             inherit advisory-db;
           };
-          nix-fmt = pkgs.runCommand "nix-fmt" {nativeBuildInputs = [pkgs.alejandra];} ''
-            alejandra --check ${./flake.nix} ${./nix}
+          # nixpkgs-fmt: the formatter scripts/check-infra also runs (crates.io) offline.
+          nix-fmt = pkgs.runCommand "nix-fmt" { nativeBuildInputs = [ pkgs.nixpkgs-fmt ]; } ''
+            nixpkgs-fmt --check ${./flake.nix} ${./nix}
             touch $out
           '';
-          terraform-fmt = pkgs.runCommand "terraform-fmt" {nativeBuildInputs = [pkgs.opentofu];} ''
+          terraform-fmt = pkgs.runCommand "terraform-fmt" { nativeBuildInputs = [ pkgs.opentofu ]; } ''
             tofu fmt -check -recursive ${./terraform}
             touch $out
           '';
@@ -61,9 +64,9 @@
 
       devShells.default = craneLib.devShell {
         checks = self.checks.${system};
-        packages = tools ++ [pkgs.alejandra];
+        packages = tools ++ [ pkgs.nixpkgs-fmt ];
       };
 
-      formatter = pkgs.alejandra;
+      formatter = pkgs.nixpkgs-fmt;
     });
 }

@@ -1,12 +1,13 @@
 # `nix run .#up` / `nix run .#down`: minikube, the image loaded into it, and the Terraform
 # (OpenTofu) configuration in terraform/ applied or destroyed.
+{ pkgs
+, tools
+, image
+}:
+let
+  runtimeInputs = tools ++ [ pkgs.coreutils pkgs.gnutar pkgs.gzip ];
+in
 {
-  pkgs,
-  tools,
-  image,
-}: let
-  runtimeInputs = tools ++ [pkgs.coreutils pkgs.gnutar pkgs.gzip];
-in {
   up = pkgs.writeShellApplication {
     name = "meterflow-up";
     inherit runtimeInputs;

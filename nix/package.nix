@@ -1,9 +1,9 @@
 # The meterflow binary with crane: dependencies built once (buildDepsOnly), then the crate;
 # the same artifacts feed clippy, fmt and the test suite as flake checks.
-{
-  pkgs,
-  craneLib,
-}: let
+{ pkgs
+, craneLib
+}:
+let
   src = pkgs.lib.cleanSourceWith {
     src = ../.;
     # Rust sources plus what the tests read (the interop check's requirements, test images).
@@ -17,30 +17,31 @@
     strictDeps = true;
     # rdkafka builds librdkafka from source (feature cmake-build): nixpkgs' librdkafka is too
     # old for rdkafka-sys' dynamic linking.
-    nativeBuildInputs = [pkgs.pkg-config pkgs.cmake pkgs.perl];
-    buildInputs = [pkgs.openssl pkgs.cyrus_sasl pkgs.zstd pkgs.zlib pkgs.curl];
+    nativeBuildInputs = [ pkgs.pkg-config pkgs.cmake pkgs.perl ];
+    buildInputs = [ pkgs.openssl pkgs.cyrus_sasl pkgs.zstd pkgs.zlib pkgs.curl ];
   };
 
   cargoArtifacts = craneLib.buildDepsOnly commonArgs;
 
   package = craneLib.buildPackage (commonArgs
     // {
-      inherit cargoArtifacts;
-      # Integration tests need containers; they run in `checks.tests` without them
-      # (skipped unless CI=true) and in the repository's scripts/test with them.
-      doCheck = false;
-      meta.mainProgram = "meterflow";
-    });
-in {
+    inherit cargoArtifacts;
+    # Integration tests need containers; they run in `checks.tests` without them
+    # (skipped unless CI=true) and in the repository's scripts/test with them.
+    doCheck = false;
+    meta.mainProgram = "meterflow";
+  });
+in
+{
   inherit src package;
   checks = {
     inherit package;
     clippy = craneLib.cargoClippy (commonArgs
       // {
-        inherit cargoArtifacts;
-        cargoClippyExtraArgs = "--all-targets -- --deny warnings";
-      });
-    fmt = craneLib.cargoFmt {inherit src;};
-    tests = craneLib.cargoTest (commonArgs // {inherit cargoArtifacts;});
+      inherit cargoArtifacts;
+      cargoClippyExtraArgs = "--all-targets -- --deny warnings";
+    });
+    fmt = craneLib.cargoFmt { inherit src; };
+    tests = craneLib.cargoTest (commonArgs // { inherit cargoArtifacts; });
   };
 }

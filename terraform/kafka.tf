@@ -102,6 +102,10 @@ resource "kubernetes_stateful_set_v1" "kafka" {
             name           = "broker"
             container_port = 9092
           }
+          port {
+            name           = "controller"
+            container_port = 9093
+          }
           readiness_probe {
             tcp_socket {
               port = 9092

@@ -60,7 +60,8 @@ resource "kubernetes_deployment_v1" "minio" {
         container {
           name  = "minio"
           image = var.minio_image
-          args  = ["server", "/data", "--console-address", ":9001"]
+          # The certificates directory must be creatable: the root filesystem is read-only.
+          args = ["server", "/data", "--console-address", ":9001", "--certs-dir", "/tmp/certs"]
           env_from {
             secret_ref {
               name = kubernetes_secret_v1.minio.metadata[0].name
@@ -101,6 +102,14 @@ resource "kubernetes_deployment_v1" "minio" {
             name       = "data"
             mount_path = "/data"
           }
+          volume_mount {
+            name       = "tmp"
+            mount_path = "/tmp"
+          }
+        }
+        volume {
+          name = "tmp"
+          empty_dir {}
         }
         volume {
           name = "data"

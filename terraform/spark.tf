@@ -24,6 +24,8 @@ locals {
   # Not `spark-master`: its injected SPARK_MASTER_PORT would crash the master.
   spark_service = "spark"
   spark_labels  = { master = { app = "spark", role = "master" }, worker = { app = "spark", role = "worker" } }
+  # The first port is the one probes check: the master's cluster port, the worker's web UI.
+  spark_ports = { master = [7077, 8080], worker = [8081] }
   spark_commands = {
     master = ["/opt/spark/bin/spark-class", "org.apache.spark.deploy.master.Master", "--host", "0.0.0.0", "--port", "7077", "--webui-port", "8080"]
     worker = [
@@ -73,18 +75,21 @@ resource "kubernetes_deployment_v1" "spark" {
               name = kubernetes_secret_v1.minio.metadata[0].name
             }
           }
-          port {
-            container_port = each.key == "master" ? 7077 : 8081
+          dynamic "port" {
+            for_each = local.spark_ports[each.key]
+            content {
+              container_port = port.value
+            }
           }
           liveness_probe {
             tcp_socket {
-              port = each.key == "master" ? 7077 : 8081
+              port = local.spark_ports[each.key][0]
             }
             initial_delay_seconds = 20
           }
           readiness_probe {
             tcp_socket {
-              port = each.key == "master" ? 7077 : 8081
+              port = local.spark_ports[each.key][0]
             }
           }
           resources {
