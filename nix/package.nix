@@ -6,7 +6,7 @@
 let
   src = pkgs.lib.cleanSourceWith {
     src = ../.;
-    # Rust sources plus what the tests read (the interop check's requirements, test images).
+    # Rust sources plus the tests' own files (test images, fixtures).
     filter = path: type:
       (craneLib.filterCargoSources path type)
       || (builtins.match ".*/tests/.*" path != null);
@@ -16,9 +16,10 @@ let
     inherit src;
     strictDeps = true;
     # rdkafka builds librdkafka from source (feature cmake-build): nixpkgs' librdkafka is too
-    # old for rdkafka-sys' dynamic linking.
-    nativeBuildInputs = [ pkgs.pkg-config pkgs.cmake pkgs.perl ];
-    buildInputs = [ pkgs.openssl pkgs.cyrus_sasl pkgs.zstd pkgs.zlib pkgs.curl ];
+    # old for rdkafka-sys' dynamic linking. Its features here: ssl (OpenSSL, also for SASL
+    # SCRAM/PLAIN, which need no cyrus-sasl) and libz; zstd comes bundled through zstd-sys.
+    nativeBuildInputs = [ pkgs.pkg-config pkgs.cmake ];
+    buildInputs = [ pkgs.openssl pkgs.zlib ];
   };
 
   cargoArtifacts = craneLib.buildDepsOnly commonArgs;

@@ -11,6 +11,7 @@ resource "kubernetes_secret_v1" "trino_catalog" {
       connector.name=hive
       hive.metastore=file
       hive.metastore.catalog.dir=s3://${var.bucket}/metastore
+      hive.timestamp-precision=MICROSECONDS
       fs.native-s3.enabled=true
       s3.endpoint=${local.minio_endpoint}
       s3.region=us-east-1
