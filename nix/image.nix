@@ -5,6 +5,8 @@
 pkgs.dockerTools.buildLayeredImage {
   name = "meterflow";
   tag = meterflow.version;
+  # A plain tar: `minikube image load` takes it as it is.
+  compressor = "none";
   contents = [ meterflow pkgs.cacert ];
   config = {
     Entrypoint = [ "${meterflow}/bin/meterflow" ];
