@@ -1,0 +1,1 @@
+"""meterflow semantics on Spark Structured Streaming (see docs/spark.md)."""
