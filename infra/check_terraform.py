@@ -37,6 +37,8 @@ EXPECTED_RESOURCES = {
     ("kubernetes_config_map_v1", "spark"),
     ("kubernetes_deployment_v1", "spark"),
     ("kubernetes_service_v1", "spark"),
+    ("kubernetes_config_map_v1", "spark_job"),
+    ("kubernetes_deployment_v1", "spark_streaming"),
     ("kubernetes_secret_v1", "trino_catalog"),
     ("kubernetes_deployment_v1", "trino"),
     ("kubernetes_service_v1", "trino"),
@@ -322,36 +324,64 @@ def check(directory: Path) -> list[str]:
             int(port) in services.get(host, ()), f"{label}: {address}: service has no port {port}"
         )
 
-    def check_meterflow():
-        known = set(re.findall(r'env = "(MF_[A-Z_]+)"', read_sources())) | {"MF_S3_ENDPOINT"}
+    def check_settings(config_map: str, reader: str, known: set[str], required: tuple) -> dict:
+        """A config map of MF_* settings: each one the reader reads, its brokers and S3
+        endpoint name Services, its topic and bucket the ones the Jobs create."""
         config = bundle.value(
-            one(bundle.resources[("kubernetes_config_map_v1", "meterflow")]["data"])
+            one(bundle.resources[("kubernetes_config_map_v1", config_map)]["data"])
         )
         for key in config:
             expect(
                 key in known or key in AWS_SETTINGS,
-                f"meterflow config map: {key} is not a setting meterflow reads",
+                f"{config_map} config map: {key} is not a setting {reader} reads",
             )
-        for key in (
-            "MF_KAFKA_BROKERS",
-            "MF_TOPICS",
-            "MF_OUTPUT",
-            "MF_S3_ENDPOINT",
-            "MF_METRICS_ADDR",
-        ):
-            expect(key in config, f"meterflow config map lacks {key}")
+        for key in ("MF_KAFKA_BROKERS", "MF_TOPICS", "MF_OUTPUT", "MF_S3_ENDPOINT", *required):
+            expect(key in config, f"{config_map} config map lacks {key}")
         for broker in config.get("MF_KAFKA_BROKERS", "").split(","):
-            reachable(broker, "MF_KAFKA_BROKERS")
-        reachable(config.get("MF_S3_ENDPOINT", ""), "MF_S3_ENDPOINT")
+            reachable(broker, f"{config_map}: MF_KAFKA_BROKERS")
+        reachable(config.get("MF_S3_ENDPOINT", ""), f"{config_map}: MF_S3_ENDPOINT")
         expect(
             config.get("MF_TOPICS") == bundle.value("${var.topic}"),
-            "MF_TOPICS is not the topic the Job creates",
+            f"{config_map}: MF_TOPICS is not the topic the Job creates",
         )
         bucket = bundle.value("${var.bucket}")
         expect(
             config.get("MF_OUTPUT", "").startswith(f"s3://{bucket}/"),
-            f"MF_OUTPUT is not in bucket {bucket}",
+            f"{config_map}: MF_OUTPUT is not in bucket {bucket}",
         )
+        return config
+
+    def check_spark_job():
+        known = set(re.findall(r'(?:env|environ\.get)\("(MF_[A-Z0-9_]+)"', read_spark_job()))
+        config = check_settings("spark_job", "the Spark job", known, ("MF_SPARK_CHECKPOINT",))
+        expect(
+            config.get("MF_SPARK_CHECKPOINT", "").startswith(
+                f"s3a://{bundle.value('${var.bucket}')}/"
+            ),
+            "spark_job: the checkpoint is not in the bucket (through s3a)",
+        )
+        template = one(
+            one(bundle.resources[("kubernetes_deployment_v1", "spark_streaming")]["spec"])[
+                "template"
+            ]
+        )
+        command = bundle.value(one(one(template["spec"])["container"])["command"])
+        reachable(
+            command[command.index("--master") + 1].removeprefix("spark://"), "spark-submit --master"
+        )
+        expect(
+            any(c.endswith("/meterflow_spark_job.py") for c in command),
+            "spark-submit does not run the job the Spark image carries",
+        )
+        containerfile = (REPO / "spark" / "Containerfile").read_text()
+        expect(
+            "meterflow_spark_job.py /opt/meterflow/" in containerfile,
+            "spark/Containerfile does not put the job where spark-submit looks",
+        )
+
+    def check_meterflow():
+        known = set(re.findall(r'env = "(MF_[A-Z0-9_]+)"', read_sources()))
+        config = check_settings("meterflow", "meterflow", known, ("MF_METRICS_ADDR",))
         topic_job = bundle.value(
             one(
                 one(
@@ -371,7 +401,7 @@ def check(directory: Path) -> list[str]:
             )["container"]
         )
         expect(
-            f"local/{bucket}" in " ".join(bundle.value(bucket_job["args"])),
+            f"local/{bundle.value('${var.bucket}')}" in " ".join(bundle.value(bucket_job["args"])),
             "bucket Job misses the bucket",
         )
 
@@ -398,12 +428,17 @@ def check(directory: Path) -> list[str]:
             "meterflow pod not runAsNonRoot",
         )
         image = bundle.value(container["image"])
+        spark_image = bundle.value("${var.spark_image}")
         version = re.search(
             r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.MULTILINE
         )
         expect(
             image == f"meterflow:{version.group(1)}",
             f"meterflow_image default {image} is not what nix/image.nix tags (meterflow:{version.group(1)})",
+        )
+        expect(
+            spark_image == f"meterflow-spark:{version.group(1)}",
+            f"spark_image default {spark_image} is not the tag `up` builds (meterflow-spark:{version.group(1)})",
         )
         kafka = one(
             one(
@@ -471,6 +506,7 @@ def check(directory: Path) -> list[str]:
 
     for label, action in (
         ("meterflow", check_meterflow),
+        ("spark job", check_spark_job),
         ("spark/trino", check_spark_and_trino),
         ("images", check_images),
         ("outputs", check_outputs),
@@ -507,6 +543,10 @@ def read_sources() -> str:
     return "\n".join(p.read_text() for p in (REPO / "src").rglob("*.rs"))
 
 
+def read_spark_job() -> str:
+    return "\n".join(p.read_text() for p in (REPO / "spark" / "meterflow_spark").glob("*.py"))
+
+
 # Each breakage a reviewer could plausibly make, and the check that must catch it.
 BREAKAGES = [
     ("meterflow.tf", "MF_KAFKA_BROKERS = local.kafka_brokers", 'MF_KAFKA_BROKERS = "kafka:9092"'),
@@ -524,6 +564,8 @@ BREAKAGES = [
         'value = "PLAINTEXT://kafka:9092"',
     ),
     ("spark.tf", "spark://${local.spark_service}.", "spark://spark-master."),
+    ("spark.tf", "MF_TOPICS           = var.topic", 'MF_TOPICS           = "readings"'),
+    ("spark.tf", "MF_SPARK_CHECKPOINT", "MF_CHECKPOINT"),
     ("trino.tf", "image = var.trino_image", "image = var.trino_img"),
     ("outputs.tf", 'output "reach"', 'output "reach_commands"'),
     ("variables.tf", "  sensitive   = true\n  validation", "  validation"),

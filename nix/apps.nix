@@ -18,6 +18,8 @@ in
       fi
       echo "up: loading the meterflow image into minikube"
       minikube image load ${image}
+      echo "up: building the Spark image (apache/spark, the job, pandas, pyarrow) in minikube"
+      minikube image build -t meterflow-spark:${image.imageTag} -f spark/Containerfile "$root"
       # MinIO's root password: kept in a git-ignored file so re-runs keep the same one.
       secret="$root/terraform/.minio-root-password"
       if [ -z "''${TF_VAR_minio_root_password:-}" ]; then
@@ -27,7 +29,8 @@ in
       fi
       tofu -chdir="$root/terraform" init -input=false
       tofu -chdir="$root/terraform" apply -input=false -auto-approve \
-        -var meterflow_image=meterflow:${image.imageTag}
+        -var meterflow_image=meterflow:${image.imageTag} \
+        -var spark_image=meterflow-spark:${image.imageTag}
       tofu -chdir="$root/terraform" output
     '';
   };

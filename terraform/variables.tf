@@ -82,9 +82,9 @@ variable "storage_size" {
 }
 
 variable "spark_image" {
-  description = "Apache Spark image (standalone master and workers)"
+  description = "Spark image for master, workers and the streaming job: apache/spark 4.0.1 plus the job and pandas/pyarrow (spark/Containerfile, built into minikube)"
   type        = string
-  default     = "apache/spark:4.0.1-scala2.13-java17-python3-ubuntu"
+  default     = "meterflow-spark:0.1.0"
 }
 
 variable "spark_workers" {

@@ -149,7 +149,8 @@ def process_group(key, frames, state):
     out: list[dict] = []
     resets = duplicates = 0
     if not state.hasTimedOut:
-        readings = pd.concat(list(frames), ignore_index=True)
+        needed = ["seq_a", "seq_p", "seq_b", "idx", "time_us", "energy", "device_name", "source"]
+        readings = pd.concat([frame[needed] for frame in frames], ignore_index=True)
         readings = readings.sort_values(["seq_a", "seq_p", "seq_b", "idx"], kind="stable")
         resets += device.emit_until(watermark_us, out, int(device_id))
         for reading in readings.itertuples(index=False):
@@ -166,7 +167,7 @@ def process_group(key, frames, state):
                         "detail": detail,
                         "source": reading.source,
                         "idx": int(reading.idx),
-                        "record": element_text(reading),
+                        "record": element_text(int(device_id), reading),
                         "device_id": int(device_id),
                     }
                 )
@@ -185,13 +186,13 @@ def process_group(key, frames, state):
         yield typed(pd.DataFrame(out))
 
 
-def element_text(reading) -> str:
+def element_text(device_id: int, reading) -> str:
     """A refused reading's element as JSON text (re-serialized: the original spacing and
     number spelling are not kept through Spark's columns)."""
     seconds, micros = divmod(int(reading.time_us), 1_000_000)
     time = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     element = {
-        "device_id": int(reading.device_id),
+        "device_id": device_id,
         "device_name": reading.device_name,
         "time": f"{time}.{micros:06d}Z" if micros else f"{time}Z",
         "cumulative_energy": float(reading.energy),

@@ -87,6 +87,7 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-files-per-trigger", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=8, help="state and shuffle partitions")
     parser.add_argument("--master", default=env("MF_SPARK_MASTER"))
+    parser.add_argument("--driver-memory", help="for local masters, e.g. 4g")
     parser.add_argument("--log", default=env("MF_LOG", "warn"))
     return parser.parse_args(argv)
 
@@ -229,6 +230,8 @@ def session(args):
     builder = SparkSession.builder.appName("meterflow-spark")
     if args.master:
         builder = builder.master(args.master)
+    if args.driver_memory:
+        builder = builder.config("spark.driver.memory", args.driver_memory)
     spark = (
         builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(args.partitions))
