@@ -98,17 +98,12 @@ def explode(settings: dict):
 
     def run(frames):
         for frame in frames:
-            columns = {name: [] for name in PARSED_COLUMNS}
-
-            def add(**values):
-                for name in PARSED_COLUMNS:
-                    columns[name].append(values.get(name))
-
+            records = []  # tuples in PARSED_COLUMNS order
             for origin, seq_a, seq_p, seq_b, value in frame[
                 ["origin", "seq_a", "seq_p", "seq_b", "value"]
             ].itertuples(index=False):
                 if origin == "control":
-                    add(kind="control", time_us=FLUSH_TIME_US)
+                    records.append(("control", None, None, FLUSH_TIME_US) + (None,) * 9)
                     continue
                 if origin == "file":
                     messages = validate.split_lines(bytes(value))
@@ -119,37 +114,22 @@ def explode(settings: dict):
                         source = deltas.source_json(file=seq_a, line=position)
                     else:
                         source = deltas.source_json(topic=seq_a, partition=seq_p, offset=position)
-                    order = {"seq_a": seq_a, "seq_p": seq_p, "seq_b": position, "source": source}
                     readings, letters = validate.decode_message(message, latest_us)
                     for r in readings:
-                        add(
-                            kind="reading",
-                            device_id=r.device_id,
-                            device_name=r.device_name,
-                            time_us=r.time_us,
-                            energy=r.energy,
-                            idx=r.index,
-                            record=None,
-                            **order,
-                        )
+                        records.append(
+                            ("reading", r.device_id, r.device_name, r.time_us, r.energy,
+                             seq_a, seq_p, position, r.index, None, None, source, None)
+                        )  # fmt: skip
                     for d in letters:
-                        add(
-                            kind="dead_letter",
-                            reason=d.reason,
-                            detail=d.detail,
-                            idx=d.index,
-                            record=d.record,
-                            **order,
-                        )
-            yield pd.DataFrame(columns).astype(
-                {
-                    "device_id": "Int32",
-                    "time_us": "Int64",
-                    "seq_p": "Int32",
-                    "seq_b": "Int64",
-                    "idx": "Int32",
-                }
-            )
+                        records.append(
+                            ("dead_letter", None, None, None, None, seq_a, seq_p, position,
+                             d.index, d.reason, d.detail, source, d.record)
+                        )  # fmt: skip
+            parsed = pd.DataFrame.from_records(records, columns=PARSED_COLUMNS)
+            yield parsed.astype(
+                {"device_id": "Int32", "time_us": "Int64", "seq_p": "Int32", "seq_b": "Int64",
+                 "idx": "Int32", "energy": "float64"}
+            )  # fmt: skip
 
     return run
 

@@ -8,6 +8,7 @@ keys, and with `parse_constant` refuses NaN/Infinity as JSON does.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -84,9 +85,11 @@ def _days_in_month(year: int, month: int) -> int:
     return 30 if month in (4, 6, 9, 11) else 31
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_time_us(text: str) -> int:
     """`YYYY-MM-DD[T|t| ]HH:MM:SS[.f{1,9}][Z|z|±hh:mm|±hhmm]` to UTC µs; no offset is UTC;
-    the fraction is truncated to microseconds."""
+    the fraction is truncated to microseconds. A fleet's readings share their few time
+    strings, so results are cached."""
     raw = text.encode("utf-8")
     if len(raw) < 19:
         raise Refused("invalid_time", f"time is too short for YYYY-MM-DDTHH:MM:SS: {text!r}")
