@@ -19,6 +19,7 @@ use crate::inspect::{self, InspectError, Inspection};
 use crate::kafka::{KafkaSettings, KafkaSetupError, SaslMechanism, SecurityProtocol};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
 use crate::publish::{KafkaLines, Tee};
+use crate::query::{self, QueryError};
 use crate::reading::Limits;
 use crate::service::{self, RunOptions};
 use crate::sink::{ParquetSink, SinkError, SinkOptions};
@@ -40,6 +41,8 @@ pub enum CliError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Inspect(#[from] InspectError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
     #[error("cannot write {path}")]
     Output {
         path: String,
@@ -118,6 +121,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Kafka → date-partitioned Parquet in object storage, continuously and exactly once.
     Run(RunArgs),
+    /// SQL over an output with embedded DataFusion: table `readings`, partition column `date`.
+    Query(QueryArgs),
 }
 
 /// Kafka connection settings; SASL credentials come from MF_KAFKA_SASL_USERNAME and
@@ -369,6 +374,21 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// The SQL, e.g. "SELECT date, sum(delta_energy) FROM readings GROUP BY date".
+    pub sql: String,
+    /// Output location to query: a directory or s3://bucket/prefix (the `--output` of
+    /// transform and run, hence the same variable).
+    #[arg(long, env = "MF_OUTPUT", default_value = "meterflow-demo")]
+    pub data: String,
+    /// How to print the answer.
+    #[arg(long, value_enum, default_value_t = query::Format::Table)]
+    pub format: query::Format,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Where the demo writes its input and output.
     #[arg(long, default_value = "meterflow-demo")]
@@ -411,6 +431,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Demo(args) => demo(&args, &runtime),
+        Command::Query(args) => {
+            let batches =
+                runtime.block_on(query::query(&args.data, &args.s3.options(), &args.sql))?;
+            query::write(&batches, args.format, &mut io::stdout().lock())?;
+            Ok(())
+        }
         Command::Run(args) => {
             let report = run_service(&args, &runtime)?;
             eprintln!(

@@ -20,8 +20,8 @@
 //!   refused records go out as [`dead_letter`]s.
 //! - [`summary`]: the counters of a run.
 //!
-//! Around them: [`generate`] makes synthetic fleets, [`inspect`] reads output back, and
-//! [`cli`] wires the commands together.
+//! Around them: [`generate`] makes synthetic fleets, [`inspect`] reads output back,
+//! [`query`] runs SQL over it, and [`cli`] wires the commands together.
 
 pub mod batch;
 pub mod checkpoint;
@@ -34,6 +34,7 @@ pub mod kafka;
 pub mod layout;
 pub mod pipeline;
 pub mod publish;
+pub mod query;
 pub mod reading;
 pub mod reason;
 mod scan;

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import bisect
 import json
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd

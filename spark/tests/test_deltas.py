@@ -27,7 +27,11 @@ def test_counter_reset_nulls_the_delta_and_rebases():
         device.offer(T0 + minute * MINUTE, energy, "d")
     out = []
     assert device.emit_until(2**62, out, 1) == 1
-    assert [(r["duration"], r["delta_energy"]) for r in out] == [(None, None), (5.0, None), (5.0, 1.5)]
+    assert [(r["duration"], r["delta_energy"]) for r in out] == [
+        (None, None),
+        (5.0, None),
+        (5.0, 1.5),
+    ]
 
 
 def test_duplicates_conflicts_and_late():

@@ -64,8 +64,10 @@ def rows(output: Path) -> list[tuple]:
     for device_id, name, time, duration, delta in zip(
         *[table.column(c).to_pylist() for c in table.column_names]
     ):
-        bits = [None if v is None else pa.array([v], pa.float32()).view(pa.int32())[0].as_py()
-                for v in (duration, delta)]
+        bits = [
+            None if v is None else pa.array([v], pa.float32()).view(pa.int32())[0].as_py()
+            for v in (duration, delta)
+        ]
         result.append((device_id, name, time, *bits))
     return sorted(result)
 
@@ -94,8 +96,21 @@ def parquet_layout(output: Path) -> list[tuple]:
 def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
     generated = tmp_path / "fleet.jsonl"
     meterflow(
-        "generate", "--devices", "40", "--hours", "24", "--seed", "11", "--disorder", "5m",
-        "--fault-rate", "0.02", "--duplicate-rate", "0.01", "--output", str(generated),
+        "generate",
+        "--devices",
+        "40",
+        "--hours",
+        "24",
+        "--seed",
+        "11",
+        "--disorder",
+        "5m",
+        "--fault-rate",
+        "0.02",
+        "--duplicate-rate",
+        "0.01",
+        "--output",
+        str(generated),
     )
     lines = generated.read_text().splitlines()
     third = len(lines) // 3
@@ -104,8 +119,13 @@ def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
     )
     expected = tmp_path / "meterflow"
     stderr = meterflow(
-        "transform", "--input", *map(str, inputs), "--output", str(expected),
-        "--processing-time", PROCESSING_TIME,
+        "transform",
+        "--input",
+        *map(str, inputs),
+        "--output",
+        str(expected),
+        "--processing-time",
+        PROCESSING_TIME,
     )
     got = tmp_path / "spark"
     # One file per micro-batch: state and watermark carry across batches.
@@ -120,21 +140,34 @@ def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
     assert summary["duplicates"] == summary_count(stderr, "duplicates") > 0
     assert summary["counter_resets"] == summary_count(stderr, "counter resets")
     assert summary["dropped_by_watermark"] == 0
-    assert parquet_layout(got) == parquet_layout(expected) == [
-        ("device_id", "INT32", "None", True),
-        ("device_name", "BYTE_ARRAY", "String", True),
-        ("time", "INT64", "Timestamp(isAdjustedToUTC=true, timeUnit=microseconds, "
-         "is_from_converted_type=false, force_set_converted_type=false)", True),
-        ("duration", "FLOAT", "None", False),
-        ("delta_energy", "FLOAT", "None", False),
-    ]
+    assert (
+        parquet_layout(got)
+        == parquet_layout(expected)
+        == [
+            ("device_id", "INT32", "None", True),
+            ("device_name", "BYTE_ARRAY", "String", True),
+            (
+                "time",
+                "INT64",
+                "Timestamp(isAdjustedToUTC=true, timeUnit=microseconds, "
+                "is_from_converted_type=false, force_set_converted_type=false)",
+                True,
+            ),
+            ("duration", "FLOAT", "None", False),
+            ("delta_energy", "FLOAT", "None", False),
+        ]
+    )
 
 
 def reading(device: int, minute: int, energy: float) -> str:
     hours, minutes = divmod(minute, 60)
     time = f"2022-07-11T{hours:02d}:{minutes:02d}:00Z"
-    element = {"device_id": device, "device_name": f"m{device}", "time": time,
-               "cumulative_energy": energy}
+    element = {
+        "device_id": device,
+        "device_name": f"m{device}",
+        "time": time,
+        "cumulative_energy": energy,
+    }
     return json.dumps({"measurements": [element]})
 
 
@@ -163,16 +196,32 @@ def test_the_documented_differences_and_nothing_else(tmp_path):
     summary = spark_job(tmp_path / "in", got, "--max-files-per-trigger", "1")
 
     strict = tmp_path / "meterflow"
-    meterflow("transform", "--input", *map(str, inputs), "--output", str(strict),
-              "--processing-time", PROCESSING_TIME)
+    meterflow(
+        "transform",
+        "--input",
+        *map(str, inputs),
+        "--output",
+        str(strict),
+        "--processing-time",
+        PROCESSING_TIME,
+    )
     assert dead_letters(strict) == {"late": 1}
     assert dead_letters(got) == {}
     assert summary["dropped_by_watermark"] == len(backlog) == 6
 
     lenient = tmp_path / "lenient-without-backlog"
     reduced = write_files(tmp_path / "in-without", [steady + [same_batch_late], filler, after])
-    meterflow("transform", "--input", *map(str, reduced), "--output", str(lenient),
-              "--processing-time", PROCESSING_TIME, "--allowed-lateness", "1d")
+    meterflow(
+        "transform",
+        "--input",
+        *map(str, reduced),
+        "--output",
+        str(lenient),
+        "--processing-time",
+        PROCESSING_TIME,
+        "--allowed-lateness",
+        "1d",
+    )
     assert rows(got) == rows(lenient)
     assert len(rows(strict)) == len(rows(got)) - 1 + len(backlog)
 
@@ -180,11 +229,28 @@ def test_the_documented_differences_and_nothing_else(tmp_path):
 def test_spark_reads_meterflows_output_with_the_contracts_types(tmp_path):
     from pyspark.sql import SparkSession
 
-    meterflow("generate", "--devices", "3", "--hours", "1", "--with-seed-example",
-              "--output", str(tmp_path / "in.jsonl"))
-    meterflow("transform", "--input", str(tmp_path / "in.jsonl"), "--output",
-              str(tmp_path / "out"), "--processing-time", PROCESSING_TIME)
-    spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+    meterflow(
+        "generate",
+        "--devices",
+        "3",
+        "--hours",
+        "1",
+        "--with-seed-example",
+        "--output",
+        str(tmp_path / "in.jsonl"),
+    )
+    meterflow(
+        "transform",
+        "--input",
+        str(tmp_path / "in.jsonl"),
+        "--output",
+        str(tmp_path / "out"),
+        "--processing-time",
+        PROCESSING_TIME,
+    )
+    spark = (
+        SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+    )
     try:
         schema = spark.read.parquet(str(tmp_path / "out")).schema
         types = [(f.name, f.dataType.simpleString()) for f in schema.fields]

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from meterflow_spark.validate import decode_message, parse_time_us, split_lines
 
 LATEST = parse_time_us("2026-01-01T00:00:00Z")
@@ -111,5 +110,5 @@ def test_fractions_truncate_to_microseconds():
 
 
 def test_lines_are_trimmed_and_blank_ones_skipped():
-    content = b'one\r\n\n  \n\x0ctwo\x0c\nthree'
+    content = b"one\r\n\n  \n\x0ctwo\x0c\nthree"
     assert list(split_lines(content)) == [(1, b"one"), (4, b"two"), (5, b"three")]
