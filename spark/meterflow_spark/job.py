@@ -145,28 +145,39 @@ class Totals:
         self.counter_resets = 0
         self.batches = 0
 
+    def add_batch(self, files: list, letters: list[dict]) -> None:
+        self.batches += 1
+        self.files += len(files)
+        self.rows += sum(file.rows for file in files)
+        for letter in letters:
+            self.dead_letters[letter["reason"]] = self.dead_letters.get(letter["reason"], 0) + 1
+
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def batch_writer(output: str, writers: int, totals: Totals):
-    """foreachBatch function: Parquet rows and dead letters under `output`, counters."""
+def partition_writer(output: str, batch_id: int):
+    """mapInArrow function: one writer's sorted rows of a batch to Parquet files (the task's
+    partition number is the writer number in the file names); yields (path, rows)."""
     from pyspark import TaskContext
-    from pyspark.sql import functions as F
 
-    def write_partition(batches):
+    def write(batches):
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
         table = pa.Table.from_batches(batches)
         writer = TaskContext.get().partitionId()
-        for path, rows in sink.write_row_files(output, batch_id_holder[0], writer, table):
+        for path, rows in sink.write_row_files(output, batch_id, writer, table):
             yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows]})
 
-    batch_id_holder = [0]
+    return write
+
+
+def batch_writer(output: str, writers: int, totals: Totals):
+    """foreachBatch function: Parquet rows and dead letters under `output`, counters."""
+    from pyspark.sql import functions as F
 
     def write(batch, batch_id: int):
-        batch_id_holder[0] = batch_id
         batch.persist()
         rows = (
             batch.filter(F.col("kind") == "row")
@@ -175,19 +186,19 @@ def batch_writer(output: str, writers: int, totals: Totals):
             .repartition(writers, "date")
             .sortWithinPartitions("date", "device_id", "time_us")
         )
-        files = rows.mapInArrow(write_partition, "path string, rows long").collect()
+        files = rows.mapInArrow(partition_writer(output, batch_id), "path string, rows long")
+        files = files.collect()
         letters = [r.asDict() for r in batch.filter(F.col("kind") == "dead_letter").collect()]
         letters.sort(key=lambda r: (tuple(json.loads(r["source"]).values()), r["idx"] or -1))
         sink.write_dead_letters(output, batch_id, letters)
         counts = batch.filter(F.col("kind").isin("duplicate", "counter_reset"))
         for kind, count in counts.groupBy("kind").agg(F.sum("count")).collect():
-            setattr(totals, kind + "s", getattr(totals, kind + "s") + int(count))
+            if kind == "duplicate":
+                totals.duplicates += int(count)
+            else:
+                totals.counter_resets += int(count)
         batch.unpersist()
-        totals.batches += 1
-        totals.files += len(files)
-        totals.rows += sum(r.rows for r in files)
-        for letter in letters:
-            totals.dead_letters[letter["reason"]] = totals.dead_letters.get(letter["reason"], 0) + 1
+        totals.add_batch(files, letters)
         log.info("batch %d: %d files, %d dead letters", batch_id, len(files), len(letters))
 
     return write
