@@ -798,5 +798,9 @@ fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliErr
         pretty_format_batches(&seed_rows).map_err(CliError::Format)?
     );
     println!("\nSummary:\n{summary}\n\nOutput in {output}/ (date=YYYY-MM-DD/part-*.parquet, _dead_letter/).");
+    println!(
+        "Query it with SQL: meterflow query \"SELECT date, sum(delta_energy) AS kwh FROM readings \
+         GROUP BY date ORDER BY date\" --data {output}"
+    );
     Ok(())
 }
