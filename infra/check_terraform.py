@@ -160,6 +160,16 @@ def one(blocks):
     return blocks[0] if isinstance(blocks, list) else blocks
 
 
+def template_of(body: dict) -> dict:
+    """A workload's pod template."""
+    return one(one(body["spec"])["template"])
+
+
+def first_container(bundle: Bundle, kind: str, name: str) -> dict:
+    """The (only) container of a workload's pod template."""
+    return one(one(template_of(bundle.resources[(kind, name)])["spec"])["container"])
+
+
 def instances(bundle: Bundle, kind: str, name: str):
     """(each, body) for a resource, once per for_each key."""
     body = bundle.resources[(kind, name)]
@@ -176,7 +186,7 @@ def pod_specs(bundle: Bundle):
         if kind not in WORKLOADS:
             continue
         for each, body in instances(bundle, kind, name):
-            template = one(one(body["spec"])["template"])
+            template = template_of(body)
             labels = bundle.value(one(template.get("metadata", [{}])).get("labels", {}), each)
             yield (
                 f"{kind}.{name}" + (f"[{each[0]}]" if each else ""),
@@ -360,12 +370,8 @@ def check(directory: Path) -> list[str]:
             ),
             "spark_job: the checkpoint is not in the bucket (through s3a)",
         )
-        template = one(
-            one(bundle.resources[("kubernetes_deployment_v1", "spark_streaming")]["spec"])[
-                "template"
-            ]
-        )
-        command = bundle.value(one(one(template["spec"])["container"])["command"])
+        driver = first_container(bundle, "kubernetes_deployment_v1", "spark_streaming")
+        command = bundle.value(driver["command"])
         reachable(
             command[command.index("--master") + 1].removeprefix("spark://"), "spark-submit --master"
         )
@@ -382,32 +388,17 @@ def check(directory: Path) -> list[str]:
     def check_meterflow():
         known = set(re.findall(r'env = "(MF_[A-Z0-9_]+)"', read_sources()))
         config = check_settings("meterflow", "meterflow", known, ("MF_METRICS_ADDR",))
-        topic_job = bundle.value(
-            one(
-                one(
-                    one(one(bundle.resources[("kubernetes_job_v1", "topic")]["spec"])["template"])[
-                        "spec"
-                    ]
-                )["container"]
-            )["command"]
-        )
+        topic_job = bundle.value(first_container(bundle, "kubernetes_job_v1", "topic")["command"])
         expect(bundle.value("${var.topic}") in topic_job, "the topic Job does not create var.topic")
         reachable(topic_job[topic_job.index("--bootstrap-server") + 1], "topic Job")
-        bucket_job = one(
-            one(
-                one(one(bundle.resources[("kubernetes_job_v1", "bucket")]["spec"])["template"])[
-                    "spec"
-                ]
-            )["container"]
-        )
+        bucket_job = first_container(bundle, "kubernetes_job_v1", "bucket")
         expect(
             f"local/{bundle.value('${var.bucket}')}" in " ".join(bundle.value(bucket_job["args"])),
             "bucket Job misses the bucket",
         )
 
         metrics_port = int(config.get("MF_METRICS_ADDR", ":0").rsplit(":", 1)[1])
-        deployment = bundle.resources[("kubernetes_deployment_v1", "meterflow")]
-        template = one(one(deployment["spec"])["template"])
+        template = template_of(bundle.resources[("kubernetes_deployment_v1", "meterflow")])
         annotations = bundle.value(one(template["metadata"])["annotations"])
         expect(
             annotations.get("prometheus.io/port") == str(metrics_port)
@@ -440,15 +431,7 @@ def check(directory: Path) -> list[str]:
             spark_image == f"meterflow-spark:{version.group(1)}",
             f"spark_image default {spark_image} is not the tag `up` builds (meterflow-spark:{version.group(1)})",
         )
-        kafka = one(
-            one(
-                one(
-                    one(bundle.resources[("kubernetes_stateful_set_v1", "kafka")]["spec"])[
-                        "template"
-                    ]
-                )["spec"]
-            )["container"]
-        )
+        kafka = first_container(bundle, "kubernetes_stateful_set_v1", "kafka")
         advertised = {e["name"]: bundle.value(e.get("value", "")) for e in kafka["env"]}
         expect(
             advertised.get("KAFKA_ADVERTISED_LISTENERS")
