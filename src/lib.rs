@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod dead_letter;
 pub mod deltas;
+mod device_hash;
 pub mod generate;
 pub mod inspect;
 pub mod kafka;
