@@ -13,7 +13,7 @@
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use thin_vec::ThinVec;
+use smallvec::SmallVec;
 
 use crate::device_hash::DeviceMap;
 use crate::timestamp::{MICROS_PER_DAY, MICROS_PER_MINUTE};
@@ -159,9 +159,10 @@ impl DayRows {
             duration: Vec::with_capacity(rows),
             delta_energy: Vec::with_capacity(rows),
             name_offsets: Vec::with_capacity(rows + 1),
-            // Names average about 20 bytes.
-            name_bytes: String::with_capacity(rows * 20),
+            name_bytes: String::new(),
         };
+        // Names average about 20 bytes.
+        let mut name_bytes = Vec::with_capacity(rows * 20);
         day_rows.name_offsets.push(0);
         // Each read of `emitted` is a cache miss (a device's rows lie a fleet apart). A
         // loop that only copies rows keeps many of those misses in flight at once; the
@@ -175,10 +176,13 @@ impl DayRows {
                 day_rows.time.push(row.time);
                 day_rows.duration.push(row.duration);
                 day_rows.delta_energy.push(row.delta_energy);
-                day_rows.name_bytes.push_str(names.get(row.name));
-                day_rows.name_offsets.push(day_rows.name_bytes.len() as i32);
+                name_bytes.extend_from_slice(names.bytes(row.name));
+                day_rows.name_offsets.push(name_bytes.len() as i32);
             }
         }
+        // Every name was stored from a `str`, so this check always passes.
+        day_rows.name_bytes = String::from_utf8(name_bytes)
+            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
         day_rows
     }
 }
@@ -225,9 +229,13 @@ const NEVER: i64 = i64::MIN;
 /// Index into [`Names`].
 type NameId = u32;
 
-/// State of one device. Kept small (32 bytes): memory per device is a stated target
-/// (≤ 150 bytes), so the name is an id and the pending buffer is a thin vector, one pointer,
-/// allocated only while it holds something.
+/// Readings a device keeps inline: with the usual lateness (two reading intervals) about two
+/// wait at a time, and a buffer of its own would be one more cache miss per reading.
+const INLINE_PENDING: usize = 2;
+
+/// State of one device, 80 bytes: memory per device is a stated target (≤ 150 bytes), so the
+/// name is an id and only [`INLINE_PENDING`] waiting readings live inline; more spill to the
+/// heap until they are emitted.
 #[derive(Debug, Serialize, Deserialize)]
 struct Device {
     device_id: i32,
@@ -238,8 +246,11 @@ struct Device {
     /// Energy of the last emitted reading: the baseline of the next delta.
     last_energy: f64,
     /// Accepted, not yet emitted readings in time order (about lateness / interval of them).
-    pending: ThinVec<Pending>,
+    pending: SmallVec<[Pending; INLINE_PENDING]>,
 }
+
+// The size the memory budget above is computed with.
+const _: () = assert!(std::mem::size_of::<Device>() == 80);
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Pending {
@@ -294,8 +305,10 @@ impl DayIndex {
 /// names seen in renames are looked up so a device flipping between names adds nothing.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Names {
-    text: String,
-    spans: Vec<(u32, u32)>,
+    /// Each name as its byte length (4 bytes, little endian) followed by its UTF-8 bytes. A
+    /// name's id is the offset of its length, so checking a reading's name against its
+    /// device's touches one place in memory, not an index and then the text.
+    text: Vec<u8>,
     /// Saved sorted: a hash map's order depends on its history, and a replayed epoch must
     /// write the same checkpoint bytes as the run it replays.
     #[serde(serialize_with = "sorted_map")]
@@ -309,25 +322,30 @@ fn sorted_map<S: serde::Serializer>(
     serializer.collect_map(map.iter().collect::<std::collections::BTreeMap<_, _>>())
 }
 
+/// Bytes of the length before each name in [`Names::text`].
+const NAME_LENGTH_BYTES: usize = 4;
+
 impl Names {
-    fn get(&self, id: NameId) -> &str {
-        let (start, end) = self.spans[id as usize];
-        &self.text[start as usize..end as usize]
+    /// The UTF-8 bytes of name `id`.
+    fn bytes(&self, id: NameId) -> &[u8] {
+        let start = id as usize + NAME_LENGTH_BYTES;
+        let mut length = [0; NAME_LENGTH_BYTES];
+        length.copy_from_slice(&self.text[id as usize..start]);
+        &self.text[start..start + u32::from_le_bytes(length) as usize]
     }
 
     fn add(&mut self, name: &str) -> NameId {
-        let start = self.text.len() as u32;
-        self.text.push_str(name);
-        self.spans.push((start, self.text.len() as u32));
-        (self.spans.len() - 1) as NameId
+        let id = self.text.len() as NameId;
+        self.text
+            .extend_from_slice(&(name.len() as u32).to_le_bytes());
+        self.text.extend_from_slice(name.as_bytes());
+        id
     }
 
-    /// The names text and spans, for laying out an epoch elsewhere (renames are not needed
-    /// there).
+    /// The names text, for laying out an epoch elsewhere (renames are not needed there).
     fn snapshot(&self) -> Names {
         Names {
             text: self.text.clone(),
-            spans: self.spans.clone(),
             renamed: FxHashMap::default(),
         }
     }
@@ -339,6 +357,18 @@ impl Names {
         let id = self.add(name);
         self.renamed.insert(name.into(), id);
         id
+    }
+
+    /// How many names are stored.
+    #[cfg(test)]
+    fn count(&self) -> usize {
+        let mut id = 0;
+        let mut count = 0;
+        while id < self.text.len() {
+            id += NAME_LENGTH_BYTES + self.bytes(id as NameId).len();
+            count += 1;
+        }
+        count
     }
 }
 
@@ -403,7 +433,7 @@ impl Deltas {
                 name,
                 last_time: NEVER,
                 last_energy: 0.0,
-                pending: ThinVec::new(),
+                pending: SmallVec::new(),
             });
         }
         let device = &mut self.devices[slot as usize];
@@ -421,7 +451,7 @@ impl Deltas {
         match device.pending.binary_search_by_key(&offer.time, |p| p.time) {
             Ok(i) => same_time(device.pending[i].energy, offer.cumulative_energy),
             Err(i) => {
-                if self.names.get(device.name) != offer.device_name {
+                if self.names.bytes(device.name) != offer.device_name.as_bytes() {
                     device.name = self.names.rename(offer.device_name);
                 }
                 let pending = Pending {
@@ -454,12 +484,12 @@ impl Deltas {
         self.devices.iter().any(|d| !d.pending.is_empty())
     }
 
-    /// Emits everything still waiting: the end of a finite input. Emptied buffers are
+    /// Emits everything still waiting: the end of a finite input. Spilled buffers are
     /// released, so the state left holds only each device's baseline.
     pub fn flush(&mut self) {
         for (slot, device) in self.devices.iter_mut().enumerate() {
             device.emit_until(slot as u32, i64::MAX, &mut self.emitted, &mut self.counters);
-            device.pending = ThinVec::new();
+            device.pending = SmallVec::new();
         }
     }
 
@@ -619,6 +649,10 @@ impl Device {
                 name: reading.name,
                 slot,
             });
+        }
+        if self.pending.spilled() && self.pending.len() <= INLINE_PENDING {
+            // Back inline after a burst, so the heap buffer does not stay for good.
+            self.pending.shrink_to_fit();
         }
     }
 }
@@ -920,7 +954,7 @@ mod tests {
             vec!["Test Device", "Renamed", "Test Device", "Renamed"]
         );
         assert_eq!(
-            deltas.names.spans.len(),
+            deltas.names.count(),
             3,
             "flipping names are stored once each"
         );
