@@ -927,6 +927,42 @@ mod tests {
     }
 
     #[test]
+    fn epochs_larger_than_a_gather_chunk_come_out_in_order() {
+        // Devices first seen in descending id order (slots differ from ranks), readings
+        // interleaved across devices and across midnight, more rows than one gather chunk.
+        let day = crate::timestamp::MICROS_PER_DAY;
+        let devices: Vec<i32> = (0..97).rev().map(|i| i * 7 - 300).collect();
+        let mut deltas = Deltas::new(0);
+        let mut expected = Vec::new();
+        for step in 0..60i64 {
+            let time = day - 30 * MINUTE + step * MINUTE;
+            let message: Vec<Offer<'static>> = devices
+                .iter()
+                .map(|&id| offer(id, time, (step * i64::from(id).abs()) as f64))
+                .collect();
+            for &id in &devices {
+                expected.push((time.div_euclid(day), id, time));
+            }
+            deltas.apply_message(0, message, |_, outcome| panic!("{outcome:?}"));
+        }
+        deltas.flush();
+        expected.sort();
+        assert!(expected.len() > 2 * GATHER_CHUNK);
+        let days = deltas.take_rows();
+        let rows: Vec<(i64, i32, i64)> = days
+            .iter()
+            .flat_map(|d| d.rows().map(move |r| (d.day, r.device_id, r.time)))
+            .collect();
+        assert_eq!(rows, expected);
+        for row in days.iter().flat_map(DayRows::rows) {
+            assert_eq!(row.device_name, "Test Device");
+            if row.time > day - 30 * MINUTE {
+                assert_eq!(row.delta_energy, Some(row.device_id.unsigned_abs() as f32));
+            }
+        }
+    }
+
+    #[test]
     fn rows_carry_the_name_of_their_own_reading() {
         let mut deltas = Deltas::new(0);
         let renamed = |time| Offer {
