@@ -484,12 +484,12 @@ impl Deltas {
         self.devices.iter().any(|d| !d.pending.is_empty())
     }
 
-    /// Emits everything still waiting: the end of a finite input. Spilled buffers are
-    /// released, so the state left holds only each device's baseline.
+    /// Emits everything still waiting: the end of a finite input. Emptied spilled buffers go
+    /// back inline (see [`Device::emit_until`]), so the state left holds only each device's
+    /// baseline.
     pub fn flush(&mut self) {
         for (slot, device) in self.devices.iter_mut().enumerate() {
             device.emit_until(slot as u32, i64::MAX, &mut self.emitted, &mut self.counters);
-            device.pending = SmallVec::new();
         }
     }
 
