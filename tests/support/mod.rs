@@ -189,7 +189,23 @@ impl S3Server {
             .start()
             .await
             .unwrap_or_else(|e| panic!("cannot start the S3 container {image}: {e}"));
-        Some(S3Server { container, port })
+        let server = S3Server { container, port };
+        server.wait_until_answering().await;
+        Some(server)
+    }
+
+    /// The start-up log line can come before the published port accepts connections (a
+    /// bucket request once met "connection refused"): wait for any HTTP answer.
+    async fn wait_until_answering(&self) {
+        let endpoint = self.endpoint().await;
+        let started = std::time::Instant::now();
+        while reqwest::get(&endpoint).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the S3 server at {endpoint} does not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Starts a stopped server again and waits until it answers requests.
