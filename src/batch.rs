@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, Float32Array, Int32Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, Int32Array, StringArray, TimestampMicrosecondArray};
 use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -39,8 +39,8 @@ pub fn to_record_batch(rows: DayRows) -> Result<RecordBatch, ArrowError> {
         Arc::new(Int32Array::from(rows.device_id)),
         Arc::new(names),
         Arc::new(TimestampMicrosecondArray::from(rows.time).with_timezone("UTC")),
-        Arc::new(Float32Array::from(rows.duration)),
-        Arc::new(Float32Array::from(rows.delta_energy)),
+        Arc::new(rows.duration),
+        Arc::new(rows.delta_energy),
     ];
     RecordBatch::try_new(schema(), columns)
 }
@@ -48,7 +48,7 @@ pub fn to_record_batch(rows: DayRows) -> Result<RecordBatch, ArrowError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, AsArray};
+    use arrow::array::{Array, AsArray, Float32Array};
     use arrow::datatypes::{Float32Type, TimestampMicrosecondType};
 
     #[test]
@@ -57,8 +57,8 @@ mod tests {
             day: 0,
             device_id: vec![7, 7],
             time: vec![1, 2],
-            duration: vec![None, Some(5.0)],
-            delta_energy: vec![None, None],
+            duration: Float32Array::from(vec![None, Some(5.0)]),
+            delta_energy: Float32Array::from(vec![None, None]),
             name_offsets: vec![0, 1, 3],
             name_bytes: "abc".into(),
         };

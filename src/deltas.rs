@@ -11,6 +11,7 @@
 //! A device's rows are emitted in time order, so the epoch comes out sorted by
 //! (device_id, time) without comparing rows, and column by column, ready for Arrow.
 
+use arrow::array::{Array, Float32Array, Float32Builder};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -33,14 +34,16 @@ pub struct Row {
 }
 
 /// An epoch's rows of one UTC day, sorted by (device_id, time), as columns.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DayRows {
     /// Days since 1970-01-01 (UTC).
     pub day: i64,
     pub device_id: Vec<i32>,
     pub time: Vec<i64>,
-    pub duration: Vec<Option<f32>>,
-    pub delta_energy: Vec<Option<f32>>,
+    /// Arrow arrays already: a null bitmap built while gathering costs less than a pass over
+    /// a column of options afterwards.
+    pub duration: Float32Array,
+    pub delta_energy: Float32Array,
     /// Arrow-style string column: row `i`'s name is `name_bytes[offsets[i]..offsets[i + 1]]`.
     pub name_offsets: Vec<i32>,
     pub name_bytes: String,
@@ -65,8 +68,11 @@ impl DayRows {
             device_id: self.device_id[i],
             device_name: self.name(i).to_owned(),
             time: self.time[i],
-            duration: self.duration[i],
-            delta_energy: self.delta_energy[i],
+            duration: self.duration.is_valid(i).then(|| self.duration.value(i)),
+            delta_energy: self
+                .delta_energy
+                .is_valid(i)
+                .then(|| self.delta_energy.value(i)),
         })
     }
 }
@@ -152,18 +158,14 @@ impl DayRows {
         names: &Names,
     ) -> DayRows {
         let rows = order.len();
-        let mut day_rows = DayRows {
-            day,
-            device_id: Vec::with_capacity(rows),
-            time: Vec::with_capacity(rows),
-            duration: Vec::with_capacity(rows),
-            delta_energy: Vec::with_capacity(rows),
-            name_offsets: Vec::with_capacity(rows + 1),
-            name_bytes: String::new(),
-        };
+        let mut device_id = Vec::with_capacity(rows);
+        let mut time = Vec::with_capacity(rows);
+        let mut duration = Float32Builder::with_capacity(rows);
+        let mut delta_energy = Float32Builder::with_capacity(rows);
+        let mut name_offsets = Vec::with_capacity(rows + 1);
         // Names average about 20 bytes.
         let mut name_bytes = Vec::with_capacity(rows * 20);
-        day_rows.name_offsets.push(0);
+        name_offsets.push(0);
         // Each read of `emitted` is a cache miss (a device's rows lie a fleet apart). A
         // loop that only copies rows keeps many of those misses in flight at once; the
         // copies land in a small buffer that stays in cache while it is split into columns.
@@ -172,18 +174,25 @@ impl DayRows {
             chunk.clear();
             chunk.extend(part.iter().map(|&index| emitted[index as usize]));
             for row in &chunk {
-                day_rows.device_id.push(device_ids[row.slot as usize]);
-                day_rows.time.push(row.time);
-                day_rows.duration.push(row.duration);
-                day_rows.delta_energy.push(row.delta_energy);
+                device_id.push(device_ids[row.slot as usize]);
+                time.push(row.time);
+                duration.append_option(row.duration);
+                delta_energy.append_option(row.delta_energy);
                 name_bytes.extend_from_slice(names.bytes(row.name));
-                day_rows.name_offsets.push(name_bytes.len() as i32);
+                name_offsets.push(name_bytes.len() as i32);
             }
         }
-        // Every name was stored from a `str`, so this check always passes.
-        day_rows.name_bytes = String::from_utf8(name_bytes)
-            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
-        day_rows
+        DayRows {
+            day,
+            device_id,
+            time,
+            duration: duration.finish(),
+            delta_energy: delta_energy.finish(),
+            name_offsets,
+            // Every name was stored from a `str`, so this check always passes.
+            name_bytes: String::from_utf8(name_bytes)
+                .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()),
+        }
     }
 }
 
@@ -503,12 +512,15 @@ impl Deltas {
     /// ordering can run on another thread while this state takes the next epoch.
     pub fn take_epoch_rows(&mut self) -> EpochRows {
         self.update_order();
+        let rows = self.emitted.len();
         let mut rank = vec![0u32; self.devices.len()];
         for (position, &slot) in self.order.iter().enumerate() {
             rank[slot as usize] = position as u32;
         }
         EpochRows {
-            emitted: std::mem::take(&mut self.emitted),
+            // The next epoch is likely about as large: sizing it now (with room, as emission
+            // lags) saves regrowing and copying the biggest buffer of the run.
+            emitted: std::mem::replace(&mut self.emitted, Vec::with_capacity(rows + rows / 4)),
             device_ids: self.devices.iter().map(|d| d.device_id).collect(),
             rank,
             names: self.names.snapshot(),

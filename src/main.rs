@@ -6,8 +6,12 @@ use clap::Parser;
 use meterflow::cli::{self, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// Blocks, epoch buffers and Parquet pages are allocated and freed at a high rate; mimalloc
+/// reuses them without returning pages to the kernel and faulting them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    keep_freed_memory();
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn"));
     let logs = tracing_subscriber::fmt()
@@ -25,18 +29,3 @@ fn main() -> ExitCode {
         }
     }
 }
-
-/// Blocks, row buffers and Parquet pages are allocated and freed at a high rate; glibc's
-/// defaults hand such large chunks back to the kernel and fault them in again, which cost a
-/// quarter of a transform's CPU time. Larger thresholds keep them for reuse.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    // SAFETY: mallopt only adjusts allocator tunables; called once before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}

@@ -303,7 +303,8 @@ struct Written {
 }
 
 /// Encodes and uploads epochs on a thread of its own, so the next epoch's messages are
-/// applied meanwhile. At most one epoch waits in the queue, so memory stays bounded.
+/// applied meanwhile. The hand-off is a rendezvous: an epoch is built while the previous one
+/// is written, and none waits in between, so at most two epochs are in memory.
 struct EpochWriter<'scope> {
     sender: Option<SyncSender<(u64, EpochContent)>>,
     thread: Option<ScopedJoinHandle<'scope, Result<Written, SinkError>>>,
@@ -315,7 +316,7 @@ impl<'scope> EpochWriter<'scope> {
         sink: &'env ParquetSink,
         runtime: &'env Handle,
     ) -> Result<Self, PipelineError> {
-        let (sender, receiver) = sync_channel::<(u64, EpochContent)>(1);
+        let (sender, receiver) = sync_channel::<(u64, EpochContent)>(0);
         let thread = std::thread::Builder::new()
             .name("meterflow-writer".into())
             .spawn_scoped(scope, move || {
