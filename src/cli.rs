@@ -268,8 +268,9 @@ pub struct TransformArgs {
     /// reproducible runs.
     #[arg(long, env = "MF_PROCESSING_TIME")]
     pub processing_time: Option<String>,
-    /// Readings per epoch; each epoch writes one set of files, so this bounds memory.
-    #[arg(long, env = "MF_EPOCH_READINGS", default_value_t = 2_000_000)]
+    /// Readings per epoch; each epoch writes one set of files, so this bounds memory (an
+    /// epoch's row buffers are most of a run's peak memory; 1 M matches `--rows-per-file`).
+    #[arg(long, env = "MF_EPOCH_READINGS", default_value_t = 1_000_000)]
     pub epoch_readings: u64,
     /// Replace meterflow output already in the location (other objects are left alone).
     #[arg(long)]
@@ -775,7 +776,7 @@ fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliErr
                 max_future: Duration::from_secs(86_400),
             },
             processing_time: None,
-            epoch_readings: 2_000_000,
+            epoch_readings: 1_000_000,
             overwrite: true,
         },
         runtime,
