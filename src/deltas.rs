@@ -176,8 +176,8 @@ impl DayRows {
             for row in &chunk {
                 device_id.push(device_ids[row.slot as usize]);
                 time.push(row.time);
-                duration.append_option(row.duration);
-                delta_energy.append_option(row.delta_energy);
+                duration.append_option(row.duration.get());
+                delta_energy.append_option(row.delta_energy.get());
                 name_bytes.extend_from_slice(names.bytes(row.name));
                 name_offsets.push(name_bytes.len() as i32);
             }
@@ -268,15 +268,38 @@ struct Pending {
     name: NameId,
 }
 
-/// A row of the current epoch, before it is ordered and laid out in columns.
+/// A row of the current epoch, before it is ordered and laid out in columns: 24 bytes, as an
+/// epoch's rows are the bulk of a run's memory.
 #[derive(Debug, Clone, Copy)]
 struct Emitted {
     time: i64,
-    duration: Option<f32>,
-    delta_energy: Option<f32>,
+    duration: MaybeF32,
+    delta_energy: MaybeF32,
     name: NameId,
     /// The device's slot.
     slot: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Emitted>() == 24);
+
+/// An optional `f32` in four bytes, NaN standing for null: no duration or delta is NaN, as
+/// times and energies are finite.
+#[derive(Debug, Clone, Copy)]
+struct MaybeF32(f32);
+
+impl MaybeF32 {
+    const NULL: MaybeF32 = MaybeF32(f32::NAN);
+
+    fn get(self) -> Option<f32> {
+        (!self.0.is_nan()).then_some(self.0)
+    }
+}
+
+impl From<Option<f32>> for MaybeF32 {
+    fn from(value: Option<f32>) -> Self {
+        debug_assert!(value.is_none_or(|v| !v.is_nan()));
+        value.map_or(MaybeF32::NULL, MaybeF32)
+    }
 }
 
 /// The UTC days of an epoch's rows, sorted, with a row count each. Rows mostly come day by
@@ -656,8 +679,8 @@ impl Device {
             counters.rows += 1;
             out.push(Emitted {
                 time: reading.time,
-                duration,
-                delta_energy,
+                duration: duration.into(),
+                delta_energy: delta_energy.into(),
                 name: reading.name,
                 slot,
             });
