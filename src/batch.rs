@@ -2,8 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, Int32Array, StringArray, TimestampMicrosecondArray};
-use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::array::{ArrayRef, Int32Array, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -30,40 +29,67 @@ pub fn schema() -> SchemaRef {
         .clone()
 }
 
-/// Lays a day's rows out as one record batch of [`schema`], moving the columns (the names
-/// buffer becomes the string column without a copy).
+/// The schema of the batches handed to the Parquet writer: [`schema`], except that
+/// `device_name` comes as keys into the day's distinct names. The writer is created with
+/// [`schema`] and encodes each name through its key, so files carry the exact schema while
+/// no name is copied row by row on the way.
+pub fn layout_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let exact = schema();
+            let mut fields: Vec<Field> =
+                exact.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[1] = Field::new(
+                "device_name",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                false,
+            );
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// Lays a day's rows out as one record batch of [`layout_schema`], moving the columns.
 pub fn to_record_batch(rows: DayRows) -> Result<RecordBatch, ArrowError> {
-    let offsets = OffsetBuffer::new(ScalarBuffer::from(rows.name_offsets));
-    let names = StringArray::try_new(offsets, Buffer::from(rows.name_bytes.into_bytes()), None)?;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int32Array::from(rows.device_id)),
-        Arc::new(names),
+        Arc::new(rows.device_name),
         Arc::new(TimestampMicrosecondArray::from(rows.time).with_timezone("UTC")),
         Arc::new(rows.duration),
         Arc::new(rows.delta_energy),
     ];
-    RecordBatch::try_new(schema(), columns)
+    RecordBatch::try_new(layout_schema(), columns)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, AsArray, Float32Array};
-    use arrow::datatypes::{Float32Type, TimestampMicrosecondType};
+    use arrow::array::{Array, AsArray, DictionaryArray, Float32Array};
+    use arrow::datatypes::{Float32Type, Int32Type, TimestampMicrosecondType};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+    use parquet::arrow::ArrowWriter;
 
-    #[test]
-    fn columns_move_into_the_exact_schema_with_nulls() {
-        let rows = DayRows {
+    fn two_rows() -> DayRows {
+        DayRows {
             day: 0,
             device_id: vec![7, 7],
             time: vec![1, 2],
             duration: Float32Array::from(vec![None, Some(5.0)]),
             delta_energy: Float32Array::from(vec![None, None]),
-            name_offsets: vec![0, 1, 3],
-            name_bytes: "abc".into(),
-        };
-        let batch = to_record_batch(rows).unwrap();
-        assert_eq!(batch.schema(), schema());
+            device_name: vec!["a", "bc"]
+                .into_iter()
+                .collect::<DictionaryArray<Int32Type>>(),
+        }
+    }
+
+    #[test]
+    fn columns_move_into_the_layout_schema_with_nulls() {
+        let batch = to_record_batch(two_rows()).unwrap();
+        assert_eq!(batch.schema(), layout_schema());
+        for column in [0, 2, 3, 4] {
+            assert_eq!(layout_schema().field(column), schema().field(column));
+        }
         assert_eq!(batch.num_rows(), 2);
         let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
         assert_eq!(time.values().to_vec(), vec![1, 2]);
@@ -71,7 +97,19 @@ mod tests {
         assert!(duration.is_null(0));
         assert_eq!(duration.value(1), 5.0);
         assert_eq!(batch.column(4).null_count(), 2);
-        assert_eq!(batch.column(1).as_string::<i32>().value(1), "bc");
         assert_eq!(batch.column(0).null_count(), 0);
+    }
+
+    #[test]
+    fn a_writer_of_the_exact_schema_stores_keyed_names_as_strings() {
+        let mut file = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut file, schema(), None).unwrap();
+        writer.write(&to_record_batch(two_rows()).unwrap()).unwrap();
+        writer.close().unwrap();
+        let mut reader = ParquetRecordBatchReader::try_new(bytes::Bytes::from(file), 16).unwrap();
+        let read = reader.next().unwrap().unwrap();
+        assert_eq!(read.schema(), schema());
+        let names = read.column(1).as_string::<i32>();
+        assert_eq!((names.value(0), names.value(1)), ("a", "bc"));
     }
 }

@@ -11,7 +11,13 @@
 //! A device's rows are emitted in time order, so the epoch comes out sorted by
 //! (device_id, time) without comparing rows, and column by column, ready for Arrow.
 
-use arrow::array::{Array, Float32Array, Float32Builder};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, DictionaryArray, Float32Array, Float32Builder, Int32Array, StringArray,
+};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::Int32Type;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -44,9 +50,8 @@ pub struct DayRows {
     /// a column of options afterwards.
     pub duration: Float32Array,
     pub delta_energy: Float32Array,
-    /// Arrow-style string column: row `i`'s name is `name_bytes[offsets[i]..offsets[i + 1]]`.
-    pub name_offsets: Vec<i32>,
-    pub name_bytes: String,
+    /// Keys into the day's distinct names: four bytes a row instead of a copy of the name.
+    pub device_name: DictionaryArray<Int32Type>,
 }
 
 impl DayRows {
@@ -59,7 +64,11 @@ impl DayRows {
     }
 
     pub fn name(&self, row: usize) -> &str {
-        &self.name_bytes[self.name_offsets[row] as usize..self.name_offsets[row + 1] as usize]
+        let key = self.device_name.keys().value(row);
+        self.device_name
+            .values()
+            .as_string::<i32>()
+            .value(key as usize)
     }
 
     /// The rows one by one.
@@ -162,10 +171,7 @@ impl DayRows {
         let mut time = Vec::with_capacity(rows);
         let mut duration = Float32Builder::with_capacity(rows);
         let mut delta_energy = Float32Builder::with_capacity(rows);
-        let mut name_offsets = Vec::with_capacity(rows + 1);
-        // Names average about 20 bytes.
-        let mut name_bytes = Vec::with_capacity(rows * 20);
-        name_offsets.push(0);
+        let mut device_name = NameKeys::with_capacity(rows);
         // Each read of `emitted` is a cache miss (a device's rows lie a fleet apart). A
         // loop that only copies rows keeps many of those misses in flight at once; the
         // copies land in a small buffer that stays in cache while it is split into columns.
@@ -178,8 +184,7 @@ impl DayRows {
                 time.push(row.time);
                 duration.append_option(row.duration.get());
                 delta_energy.append_option(row.delta_energy.get());
-                name_bytes.extend_from_slice(names.bytes(row.name));
-                name_offsets.push(name_bytes.len() as i32);
+                device_name.push(row.name, names);
             }
         }
         DayRows {
@@ -188,11 +193,61 @@ impl DayRows {
             time,
             duration: duration.finish(),
             delta_energy: delta_energy.finish(),
-            name_offsets,
-            // Every name was stored from a `str`, so this check always passes.
-            name_bytes: String::from_utf8(name_bytes)
-                .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()),
+            device_name: device_name.finish(),
         }
+    }
+}
+
+/// Builds a day's name column as keys into its distinct names, in first-seen order. Rows come
+/// device by device, so nearly every row repeats the previous row's name and costs one
+/// comparison of ids; the name text is copied once per distinct name.
+struct NameKeys {
+    keys: Vec<i32>,
+    key_of: FxHashMap<NameId, i32>,
+    values: Vec<u8>,
+    offsets: Vec<i32>,
+    previous: Option<(NameId, i32)>,
+}
+
+impl NameKeys {
+    fn with_capacity(rows: usize) -> Self {
+        NameKeys {
+            keys: Vec::with_capacity(rows),
+            key_of: FxHashMap::default(),
+            values: Vec::new(),
+            offsets: vec![0],
+            previous: None,
+        }
+    }
+
+    fn push(&mut self, name: NameId, names: &Names) {
+        let key = match self.previous {
+            Some((previous, key)) if previous == name => key,
+            _ => {
+                let next = self.key_of.len() as i32;
+                let key = *self.key_of.entry(name).or_insert_with(|| {
+                    self.values.extend_from_slice(names.bytes(name));
+                    self.offsets.push(self.values.len() as i32);
+                    next
+                });
+                self.previous = Some((name, key));
+                key
+            }
+        };
+        self.keys.push(key);
+    }
+
+    fn finish(self) -> DictionaryArray<Int32Type> {
+        // Every name was stored from a `str`, so this check always passes.
+        let text = String::from_utf8(self.values)
+            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
+        let values = StringArray::new(
+            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
+            Buffer::from(text.into_bytes()),
+            None,
+        );
+        // Keys index `values` by construction.
+        DictionaryArray::new(Int32Array::from(self.keys), Arc::new(values))
     }
 }
 
