@@ -122,9 +122,12 @@ impl EpochRows {
         // position of the device's next row of that day.
         let stride = device_ids.len() + 1;
         let mut next = vec![0u32; day_index.days.len() * stride];
+        // Each row's slot in `next`, found once for the counting and the scattering.
+        let mut keys = Vec::with_capacity(emitted.len());
         for row in &emitted {
-            let day = day_index.locate(row.time);
-            next[day * stride + rank[row.slot as usize] as usize + 1] += 1;
+            let key = day_index.locate(row.time) * stride + rank[row.slot as usize] as usize;
+            next[key + 1] += 1;
+            keys.push(key);
         }
         let mut total = 0;
         for counts in next.chunks_exact_mut(stride) {
@@ -135,12 +138,12 @@ impl EpochRows {
             total = counts[stride - 1];
         }
         let mut order = vec![0u32; emitted.len()];
-        for (index, row) in emitted.iter().enumerate() {
-            let day = day_index.locate(row.time);
-            let at = &mut next[day * stride + rank[row.slot as usize] as usize];
+        for (index, &key) in keys.iter().enumerate() {
+            let at = &mut next[key];
             order[*at as usize] = index as u32;
             *at += 1;
         }
+        drop(keys);
         let mut start = 0;
         day_index
             .days
