@@ -470,6 +470,9 @@ pub struct Deltas {
     devices: Vec<Device>,
     /// Rows emitted in the current epoch, in emission order.
     emitted: Vec<Emitted>,
+    /// Rows the last epoch emitted: `emitted` is sized for about as many when the next epoch
+    /// starts (no regrowth copies of the biggest buffer), not while the state rests.
+    last_epoch_rows: usize,
     /// Slots in device-id order (extended when devices were added).
     order: Vec<u32>,
     names: Names,
@@ -484,6 +487,7 @@ impl Deltas {
             slots: DeviceMap::default(),
             devices: Vec::new(),
             emitted: Vec::new(),
+            last_epoch_rows: 0,
             order: Vec::new(),
             names: Names::default(),
             watermark: Watermark::new(allowed_lateness),
@@ -500,6 +504,11 @@ impl Deltas {
         readings: impl IntoIterator<Item = Offer<'n>>,
         mut rejected: impl FnMut(&Offer<'n>, Outcome),
     ) {
+        if self.emitted.capacity() == 0 {
+            // With room, as emission lags the readings an epoch counts.
+            self.emitted
+                .reserve(self.last_epoch_rows + self.last_epoch_rows / 4);
+        }
         let watermark = self.watermark.current();
         let mut latest: Option<i64> = None;
         for offer in readings {
@@ -593,15 +602,13 @@ impl Deltas {
     /// ordering can run on another thread while this state takes the next epoch.
     pub fn take_epoch_rows(&mut self) -> EpochRows {
         self.update_order();
-        let rows = self.emitted.len();
+        self.last_epoch_rows = self.emitted.len();
         let mut rank = vec![0u32; self.devices.len()];
         for (position, &slot) in self.order.iter().enumerate() {
             rank[slot as usize] = position as u32;
         }
         EpochRows {
-            // The next epoch is likely about as large: sizing it now (with room, as emission
-            // lags) saves regrowing and copying the biggest buffer of the run.
-            emitted: std::mem::replace(&mut self.emitted, Vec::with_capacity(rows + rows / 4)),
+            emitted: std::mem::take(&mut self.emitted),
             device_ids: self.devices.iter().map(|d| d.device_id).collect(),
             rank,
             names: self.names.snapshot(),
@@ -646,6 +653,7 @@ impl Deltas {
             slots,
             devices: state.devices,
             emitted: Vec::new(),
+            last_epoch_rows: 0,
             order: Vec::new(),
             names: state.names,
             watermark: state.watermark,
