@@ -36,7 +36,29 @@ pub enum CheckpointError {
     },
     #[error("checkpoint object {path} is not readable: {why}")]
     Corrupt { path: String, why: String },
+    #[error(
+        "checkpoint object {path} is in format {found}, and this meterflow reads format \
+         {supported}: it was written by {by} meterflow, which must keep running this prefix; \
+         or start this one on a new output prefix (its devices then start without history)"
+    )]
+    Format {
+        path: String,
+        found: u32,
+        supported: u32,
+        by: &'static str,
+    },
 }
+
+/// Format of checkpoint objects (and of the per-device state inside them). Format 0 had no
+/// version mark: a zstd frame of the postcard encoding.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+/// Format of intent objects. Format 0 had no `format` field.
+pub const INTENT_FORMAT: u32 = 1;
+
+/// First bytes of a versioned checkpoint object, followed by the format (u32, little endian)
+/// and the zstd-compressed postcard encoding.
+const CHECKPOINT_MAGIC: &[u8; 4] = b"MFCK";
 
 /// One partition's messages of an epoch: offsets `start..end` (end exclusive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,9 +204,7 @@ impl CheckpointStore {
             .get(&relative)
             .await?
             .ok_or_else(|| corrupt(&relative, "vanished"))?;
-        let decompressed = zstd::decode_all(&bytes[..]).map_err(|e| corrupt(&relative, e))?;
-        let checkpoint: Checkpoint =
-            postcard::from_bytes(&decompressed).map_err(|e| corrupt(&relative, e))?;
+        let checkpoint = decode_checkpoint(&relative, &bytes)?;
         if checkpoint.epoch != epoch {
             return Err(corrupt(&relative, "epoch does not match the name"));
         }
@@ -196,15 +216,17 @@ impl CheckpointStore {
         let relative = intent_name(epoch);
         match self.get(&relative).await? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| corrupt(&relative, e)),
+            Some(bytes) => decode_intent(&relative, &bytes).map(Some),
         }
     }
 
     /// Records an epoch's intent; [`CheckpointError::Fenced`] if the epoch is taken.
     pub async fn record_intent(&self, intent: &Intent) -> Result<(), CheckpointError> {
-        let text = serde_json::to_vec_pretty(intent).map_err(|e| corrupt("intent", e))?;
+        let versioned = Versioned {
+            format: INTENT_FORMAT,
+            body: intent,
+        };
+        let text = serde_json::to_vec_pretty(&versioned).map_err(|e| corrupt("intent", e))?;
         self.create(&intent_name(intent.epoch), intent.epoch, text)
             .await
     }
@@ -213,9 +235,8 @@ impl CheckpointStore {
     /// Then removes what is older than the last [`KEEP_EPOCHS`] epochs.
     pub async fn commit(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let relative = checkpoint_name(checkpoint.epoch);
-        let encoded = postcard::to_stdvec(checkpoint).map_err(|e| corrupt(&relative, e))?;
-        let compressed = zstd::encode_all(&encoded[..], 3).map_err(|e| corrupt(&relative, e))?;
-        self.create(&relative, checkpoint.epoch, compressed).await?;
+        let encoded = encode_checkpoint(checkpoint).map_err(|e| corrupt(&relative, e))?;
+        self.create(&relative, checkpoint.epoch, encoded).await?;
         if let Some(old) = checkpoint.epoch.checked_sub(KEEP_EPOCHS) {
             for name in [intent_name(old), checkpoint_name(old)] {
                 // Best effort: a leftover old object is harmless, `latest` takes the newest.
@@ -267,6 +288,71 @@ impl CheckpointStore {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(fail(source)),
         }
+    }
+}
+
+/// A checkpoint object's bytes: magic, format, zstd-compressed postcard.
+pub fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<u8>, String> {
+    let encoded = postcard::to_stdvec(checkpoint).map_err(|e| e.to_string())?;
+    let compressed = zstd::encode_all(&encoded[..], 3).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(8 + compressed.len());
+    bytes.extend_from_slice(CHECKPOINT_MAGIC);
+    bytes.extend_from_slice(&CHECKPOINT_FORMAT.to_le_bytes());
+    bytes.extend_from_slice(&compressed);
+    Ok(bytes)
+}
+
+/// Reads a checkpoint object; an object of another format is refused as such, never as
+/// corrupt.
+pub fn decode_checkpoint(path: &str, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+    let found = match bytes {
+        [m0, m1, m2, m3, f0, f1, f2, f3, ..] if [*m0, *m1, *m2, *m3] == *CHECKPOINT_MAGIC => {
+            u32::from_le_bytes([*f0, *f1, *f2, *f3])
+        }
+        [z0, z1, z2, z3, ..] if [*z0, *z1, *z2, *z3] == ZSTD_MAGIC => 0,
+        _ => return Err(corrupt(path, "not a meterflow checkpoint")),
+    };
+    if found != CHECKPOINT_FORMAT {
+        return Err(format_error(path, found, CHECKPOINT_FORMAT));
+    }
+    let decompressed = zstd::decode_all(&bytes[8..]).map_err(|e| corrupt(path, e))?;
+    postcard::from_bytes(&decompressed).map_err(|e| corrupt(path, e))
+}
+
+/// An intent object as stored: its format beside its fields.
+#[derive(Serialize)]
+struct Versioned<'a, T> {
+    format: u32,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// Just the format of a stored intent (absent in format 0).
+#[derive(Deserialize)]
+struct FormatOnly {
+    #[serde(default)]
+    format: u32,
+}
+
+fn decode_intent(path: &str, bytes: &[u8]) -> Result<Intent, CheckpointError> {
+    let FormatOnly { format } = serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?;
+    if format != INTENT_FORMAT {
+        return Err(format_error(path, format, INTENT_FORMAT));
+    }
+    serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))
+}
+
+fn format_error(path: &str, found: u32, supported: u32) -> CheckpointError {
+    CheckpointError::Format {
+        path: path.into(),
+        found,
+        supported,
+        by: if found < supported {
+            "an older"
+        } else {
+            "a newer"
+        },
     }
 }
 
@@ -368,5 +454,47 @@ mod tests {
         .unwrap();
         let error = store.latest().await.unwrap_err();
         assert!(matches!(error, CheckpointError::Corrupt { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn objects_of_another_format_are_refused_by_format_not_as_corrupt() {
+        let (dir, store) = local();
+        let directory = dir.path().join(CHECKPOINT_DIR);
+        std::fs::create_dir_all(&directory).unwrap();
+        // Format 0: the postcard encoding in a bare zstd frame, no version mark.
+        let unversioned = zstd::encode_all(&postcard::to_stdvec(&checkpoint(4)).unwrap()[..], 3);
+        let path = directory.join("checkpoint-00000000000000000004.bin");
+        std::fs::write(&path, unversioned.unwrap()).unwrap();
+        let error = store.latest().await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CheckpointError::Format {
+                    found: 0,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("an older meterflow"), "{error}");
+        // A newer format.
+        let mut newer = encode_checkpoint(&checkpoint(4)).unwrap();
+        newer[4..8].copy_from_slice(&(CHECKPOINT_FORMAT + 1).to_le_bytes());
+        std::fs::write(&path, newer).unwrap();
+        let error = store.latest().await.unwrap_err();
+        assert!(error.to_string().contains("a newer meterflow"), "{error}");
+        // An intent without a format field.
+        let old_intent = serde_json::to_vec(&intent(7)).unwrap();
+        std::fs::write(
+            directory.join("intent-00000000000000000007.json"),
+            old_intent,
+        )
+        .unwrap();
+        let error = store.intent(7).await.unwrap_err();
+        assert!(
+            matches!(error, CheckpointError::Format { found: 0, .. }),
+            "{error}"
+        );
     }
 }

@@ -14,6 +14,7 @@ use arrow::util::pretty::pretty_format_batches;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::deltas::{StateSettings, DEFAULT_WATERMARK_QUORUM};
 use crate::generate::{self, GenerateOptions, GenerateStats};
 use crate::inspect::{self, InspectError, Inspection};
 use crate::kafka::{KafkaSettings, KafkaSetupError, SaslMechanism, SecurityProtocol};
@@ -316,6 +317,28 @@ pub struct LatenessArgs {
     /// Readings later than processing time plus this are refused as future_time.
     #[arg(long, env = "MF_MAX_FUTURE", default_value = "1day", value_parser = humantime::parse_duration)]
     pub max_future: Duration,
+    /// Distinct devices of a partition that must reach an event time before it moves the
+    /// watermark (1-64), so a few meters with clocks running ahead cannot make everyone else
+    /// late; 1 follows the newest reading alone.
+    #[arg(long, env = "MF_WATERMARK_QUORUM", default_value_t = DEFAULT_WATERMARK_QUORUM as u32, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub watermark_quorum: u32,
+    /// Drop a device from the state once its newest reading is this much older than the
+    /// watermark (off by default). Its next reading then gets null deltas, as a new device's,
+    /// and readings older than the watermark minus this are refused as late for devices the
+    /// state holds no history for.
+    #[arg(long, env = "MF_STATE_TTL", value_parser = humantime::parse_duration)]
+    pub state_ttl: Option<Duration>,
+}
+
+impl LatenessArgs {
+    /// The settings of the per-device state.
+    pub fn state_settings(&self) -> StateSettings {
+        StateSettings {
+            allowed_lateness: micros(self.allowed_lateness),
+            watermark_quorum: self.watermark_quorum as usize,
+            state_ttl: self.state_ttl.map(micros),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -466,7 +489,7 @@ pub fn run_service(
         kafka: args.kafka.settings(),
         topics: args.topics.clone(),
         group: args.group.clone(),
-        allowed_lateness: micros(args.lateness.allowed_lateness),
+        state: args.lateness.state_settings(),
         max_future: micros(args.lateness.max_future),
         epoch_interval: args.epoch_interval,
         epoch_max_bytes: args.epoch_max_bytes.max(1),
@@ -545,7 +568,7 @@ pub fn transform(
         None => chrono::Utc::now().timestamp_micros(),
     };
     let options = PipelineOptions {
-        allowed_lateness: micros(args.lateness.allowed_lateness),
+        state: args.lateness.state_settings(),
         limits: Limits {
             latest_time: processing_time.saturating_add(micros(args.lateness.max_future)),
         },
@@ -774,6 +797,8 @@ fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliErr
             lateness: LatenessArgs {
                 allowed_lateness: Duration::from_secs(600),
                 max_future: Duration::from_secs(86_400),
+                watermark_quorum: DEFAULT_WATERMARK_QUORUM as u32,
+                state_ttl: None,
             },
             processing_time: None,
             epoch_readings: 1_000_000,

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 
 use crate::dead_letter::{DeadLetter, Origin};
-use crate::deltas::{Deltas, EpochRows, Offer, Outcome, StateError};
+use crate::deltas::{Deltas, EpochRows, Offer, Outcome, StateError, StateSettings};
 use crate::reading::{self, DecodedBlock, DecodedMessage, Limits};
 use crate::reason::Reason;
 use crate::sink::{EpochFiles, ParquetSink, SinkError};
@@ -38,8 +38,8 @@ pub enum PipelineError {
 /// Settings that decide rows; the same for every source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineOptions {
-    /// How far event time may run ahead of a reading before it is final, in µs.
-    pub allowed_lateness: i64,
+    /// Lateness, watermark quorum and state TTL.
+    pub state: StateSettings,
     /// Validation limits (the future-time guard), decided once per run.
     pub limits: Limits,
     /// An epoch ends at the first message boundary after this many readings.
@@ -68,7 +68,7 @@ pub struct Processor {
 impl Processor {
     pub fn new(options: &PipelineOptions) -> Self {
         Processor {
-            deltas: Deltas::new(options.allowed_lateness),
+            deltas: Deltas::with_settings(options.state),
             dead_letters: Vec::new(),
             readings_in_epoch: 0,
             epoch_readings: options.epoch_readings.max(1),
@@ -103,9 +103,9 @@ impl Processor {
                 },
             );
         }
-        let mut offered = 0u64;
+        let offers = offers(block, message);
+        let first_late_letter = dead_letters.len();
         let mut refused = 0u64;
-        let offers = offers(block, message).inspect(|_| offered += 1);
         self.deltas
             .apply_message(partition, offers, |offer, outcome| {
                 refused += 1;
@@ -133,6 +133,16 @@ impl Processor {
                             format_micros(offer.time)
                         ),
                     ),
+                    Outcome::BeyondTtl { horizon } => (
+                        Reason::Late,
+                        format!(
+                            "device {} has no state (state TTL) and {} is before the TTL \
+                             horizon {}",
+                            offer.device_id,
+                            format_micros(offer.time),
+                            format_micros(horizon)
+                        ),
+                    ),
                 };
                 add_dead_letter(
                     summary,
@@ -142,14 +152,21 @@ impl Processor {
                         detail,
                         source: origin(message.position),
                         index: Some(offer.index),
-                        record: reading::element_text(
-                            &block.bytes()[message.bytes.clone()],
-                            offer.index,
-                        )
-                        .unwrap_or_default(),
+                        // Filled in below, from one split of the message for all of them.
+                        record: String::new(),
                     },
                 );
             });
+        let late_letters = &mut dead_letters[first_late_letter..];
+        if !late_letters.is_empty() {
+            let elements = reading::ElementTexts::of(&block.bytes()[message.bytes.clone()]);
+            for letter in late_letters {
+                if let Some(index) = letter.index {
+                    letter.record = elements.get(index).unwrap_or_default().to_owned();
+                }
+            }
+        }
+        let offered = message.readings.len() as u64;
         summary.accepted += offered - refused;
     }
 
@@ -160,7 +177,7 @@ impl Processor {
         summary: Summary,
     ) -> Result<Self, StateError> {
         Ok(Processor {
-            deltas: Deltas::decode_state(state)?,
+            deltas: Deltas::decode_state(state, &options.state)?,
             summary,
             ..Processor::new(options)
         })
@@ -205,10 +222,13 @@ impl Processor {
             self.deltas.emit_ready();
         }
         self.readings_in_epoch = 0;
+        // Taking the rows ends the epoch (evictions, name compaction): counters after it.
+        let rows = self.deltas.take_epoch_rows();
         self.summary.counter_resets = self.deltas.counters().counter_resets;
         self.summary.devices = self.deltas.device_count() as u64;
+        self.summary.devices_evicted = self.deltas.counters().devices_evicted;
         EpochContent {
-            rows: self.deltas.take_epoch_rows(),
+            rows,
             dead_letters: std::mem::take(&mut self.dead_letters),
         }
     }
@@ -224,7 +244,7 @@ fn add_dead_letter(summary: &mut Summary, letters: &mut Vec<DeadLetter>, letter:
 pub fn offers<'b>(
     block: &'b DecodedBlock,
     message: &DecodedMessage,
-) -> impl Iterator<Item = Offer<'b>> + 'b {
+) -> impl Iterator<Item = Offer<'b>> + Clone + 'b {
     block.readings[message.readings.clone()]
         .iter()
         .map(|r| Offer {

@@ -323,11 +323,24 @@ fn split_measurements(text: &[u8]) -> Result<Vec<&RawValue>, (Reason, String)> {
     })
 }
 
-/// The original JSON text of element `index` of a message, for dead letters decided after
-/// decoding (late, conflicting duplicate).
-pub fn element_text(message: &[u8], index: u32) -> Option<String> {
-    let elements = split_measurements(message).ok()?;
-    elements.get(index as usize).map(|raw| raw.get().to_owned())
+/// The original JSON texts of a message's elements, for dead letters decided after decoding
+/// (late, conflicting duplicate). Split once per message, however many of its readings are
+/// refused, so refusals cost time linear in the message.
+pub struct ElementTexts<'a> {
+    elements: Vec<&'a RawValue>,
+}
+
+impl<'a> ElementTexts<'a> {
+    pub fn of(message: &'a [u8]) -> Self {
+        ElementTexts {
+            elements: split_measurements(message).unwrap_or_default(),
+        }
+    }
+
+    /// The text of element `index`, if the message has it.
+    pub fn get(&self, index: u32) -> Option<&'a str> {
+        self.elements.get(index as usize).map(|raw| raw.get())
+    }
 }
 
 impl<'a> From<ScannedReading<'a>> for Element<'a> {
@@ -902,9 +915,9 @@ mod tests {
     fn element_text_returns_the_original_element() {
         let line = format!(r#"{{"measurements":[{GOOD}, {{ "device_id" : 9 }}]}}"#);
         assert_eq!(
-            element_text(line.as_bytes(), 1).as_deref(),
+            ElementTexts::of(line.as_bytes()).get(1),
             Some(r#"{ "device_id" : 9 }"#)
         );
-        assert_eq!(element_text(line.as_bytes(), 2), None);
+        assert_eq!(ElementTexts::of(line.as_bytes()).get(2), None);
     }
 }

@@ -29,7 +29,7 @@ use crate::checkpoint::{
     Checkpoint, CheckpointError, CheckpointStore, Intent, PartitionRange, Totals,
 };
 use crate::dead_letter::Origin;
-use crate::deltas::StateError;
+use crate::deltas::{StateError, StateSettings};
 use crate::kafka::{KafkaSettings, KafkaSetupError, ServiceConsumer};
 use crate::pipeline::{write_epoch, PipelineOptions, Processor};
 use crate::publish::DeadLetterTopic;
@@ -95,8 +95,9 @@ pub struct RunOptions {
     pub kafka: KafkaSettings,
     pub topics: Vec<String>,
     pub group: String,
-    /// Lateness (µs) and validation; the future-time guard is taken per epoch.
-    pub allowed_lateness: i64,
+    /// Lateness (µs), watermark quorum and state TTL; the future-time guard is taken per
+    /// epoch.
+    pub state: StateSettings,
     /// Readings later than processing time plus this (µs) are `future_time`.
     pub max_future: i64,
     /// An epoch closes this long after it started (when it has messages).
@@ -189,7 +190,7 @@ pub fn run(
     };
 
     let pipeline = PipelineOptions {
-        allowed_lateness: options.allowed_lateness,
+        state: options.state,
         limits: Limits {
             latest_time: i64::MAX,
         },

@@ -28,6 +28,8 @@ pub struct Summary {
     pub bytes: u64,
     /// Devices in state at the end.
     pub devices: u64,
+    /// Devices the state TTL dropped (`--state-ttl`).
+    pub devices_evicted: u64,
     pub elapsed: Duration,
 }
 
@@ -51,15 +53,20 @@ impl fmt::Display for Summary {
         let rate = self.readings_per_second();
         writeln!(f, "  {:<20}{:>12}", "messages", self.messages)?;
         writeln!(f, "  {:<20}{:>12}", "readings", self.readings)?;
+        writeln!(f, "  {:<20}{:>12}", "accepted", self.accepted)?;
         writeln!(
             f,
-            "  {:<20}{:>12}   in {} Parquet files, {:.1} MB",
+            "  {:<20}{:>12}   in {} Parquet {}, {:.1} MB",
             "rows",
             self.rows,
             self.files,
+            if self.files == 1 { "file" } else { "files" },
             self.bytes as f64 / 1e6
         )?;
         writeln!(f, "  {:<20}{:>12}", "devices", self.devices)?;
+        if self.devices_evicted > 0 {
+            writeln!(f, "  {:<20}{:>12}", "devices evicted", self.devices_evicted)?;
+        }
         writeln!(f, "  {:<20}{:>12}", "duplicates", self.duplicates)?;
         writeln!(f, "  {:<20}{:>12}", "counter resets", self.counter_resets)?;
         writeln!(

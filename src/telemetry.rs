@@ -46,6 +46,7 @@ pub struct Metrics {
     dead_letters: Family<ReasonLabel, Counter>,
     duplicates: Counter,
     resets: Counter,
+    evicted: Counter,
     files: Counter,
     bytes: Counter,
     skipped_offsets: Counter,
@@ -73,6 +74,7 @@ impl Metrics {
             dead_letters: Family::default(),
             duplicates: Counter::default(),
             resets: Counter::default(),
+            evicted: Counter::default(),
             files: Counter::default(),
             bytes: Counter::default(),
             skipped_offsets: Counter::default(),
@@ -111,6 +113,11 @@ impl Metrics {
             "counter_resets",
             "Rows whose cumulative energy went down",
             m.resets.clone(),
+        );
+        registry.register(
+            "devices_evicted",
+            "Devices dropped from the state by the state TTL",
+            m.evicted.clone(),
         );
         registry.register("files_written", "Parquet files written", m.files.clone());
         registry.register(
@@ -153,6 +160,7 @@ impl Metrics {
         raise(&self.rows, totals.rows);
         raise(&self.duplicates, totals.duplicates);
         raise(&self.resets, totals.counter_resets);
+        raise(&self.evicted, totals.devices_evicted);
         raise(&self.files, totals.files);
         raise(&self.bytes, totals.bytes);
         for reason in Reason::ALL {

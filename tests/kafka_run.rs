@@ -70,6 +70,10 @@ fn partition_of(line: &str) -> i32 {
 }
 
 async fn create_topic(broker: &KafkaBroker) -> String {
+    create_topic_of(broker, PARTITIONS).await
+}
+
+async fn create_topic_of(broker: &KafkaBroker, partitions: i32) -> String {
     let topic = unique_name("readings");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
@@ -79,7 +83,7 @@ async fn create_topic(broker: &KafkaBroker) -> String {
         .create_topics(
             &[NewTopic::new(
                 &topic,
-                PARTITIONS,
+                partitions,
                 TopicReplication::Fixed(1),
             )],
             &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
@@ -914,4 +918,65 @@ async fn dead_letters_can_go_to_a_kafka_topic_with_their_source() {
         "no dead-letter files"
     );
     assert_eq!(rows(&read_all(&location).await.unwrap()), expected_rows);
+}
+
+/// The message-level rule through the service: a meter back online sends its backlog, newest
+/// first, in one message after the watermark passed it. Every reading newer than the meter's
+/// emitted history is a row; only the one older than that history is `late`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_sent_after_the_watermark_passed_it_is_taken_in_full() {
+    let Some(broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let reading = |device: i32, time: &str, energy: f64| {
+        format!(
+            r#"{{"device_id":{device},"device_name":"m{device}","time":"{time}","cumulative_energy":{energy}}}"#
+        )
+    };
+    let at = |minute: i64| format!("2022-07-10T{:02}:{:02}:00Z", minute / 60, minute % 60);
+    let mut lines = vec![format!(
+        r#"{{"measurements":[{}]}}"#,
+        reading(1, &at(0), 1.0)
+    )];
+    // Four meters report every five minutes until 10:00: the watermark passes 03:00.
+    for step in 0..=120i64 {
+        let round: Vec<String> = (10..14)
+            .map(|d| reading(d, &at(step * 5), step as f64))
+            .collect();
+        lines.push(format!(r#"{{"measurements":[{}]}}"#, round.join(",")));
+    }
+    let backlog = [
+        reading(1, &at(180), 4.0),
+        reading(1, &at(120), 3.0),
+        reading(1, "2022-07-09T23:00:00Z", 0.5),
+        reading(1, &at(60), 2.0),
+    ];
+    lines.push(format!(r#"{{"measurements":[{}]}}"#, backlog.join(",")));
+    let input = dir.path().join("backlog.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+
+    let topic = create_topic_of(&broker, 1).await;
+    produce_to(&broker, &topic, &input, |_| 0, "none").await;
+    let bucket = s3.create_bucket("backlog").await;
+    let env = s3.env().await;
+    let output = format!("s3://{bucket}/meters");
+    let stderr = finish(
+        service(&broker, &topic, &output, &env),
+        Duration::from_secs(120),
+    );
+    let location = assert_bucket_equals_transform(&s3, &bucket, &input, dir.path(), &stderr).await;
+    let got = rows(&read_all(&location).await.unwrap());
+    let device1: Vec<(i64, Option<u32>)> = got
+        .iter()
+        .filter(|r| r.0 == 1)
+        .map(|r| ((r.2 % 86_400_000_000) / 3_600_000_000, r.3))
+        .collect();
+    let hour = Some(60f32.to_bits());
+    assert_eq!(device1, vec![(0, None), (1, hour), (2, hour), (3, hour)]);
+    let letters = dead_letter_counts(&location).await;
+    assert_eq!(letters, BTreeMap::from([("late".to_string(), 1)]));
 }

@@ -1,258 +1,28 @@
 //! The per-device delta state machine (DESIGN §3): pure, no I/O and no clock.
 //!
 //! Accepted readings wait in a small per-device buffer until the watermark passes them, then
-//! are emitted in time order against the device's last emitted reading. Emission is lazy: a
-//! device catches up when it is next touched, and [`Deltas::emit_ready`] catches every device up
-//! at an epoch boundary. Because the watermark only moves forward, this gives exactly the rows
-//! of checking emission after every message, whatever the batching.
+//! are emitted in time order against the device's last emitted reading. Emission is lazy, and
+//! the rule that makes it exact is: a device catches up to the watermark of the previous
+//! message once, before any reading of the current message is judged. So readings of one
+//! message never emit each other (a device's backlog, in any order, is judged only against
+//! what it emitted before that message), and the rows are exactly those of checking emission
+//! after every whole message; [`Deltas::emit_ready`] catches every device up at an epoch
+//! boundary.
 //!
-//! Emitted rows go to one epoch buffer (sequential writes on the hot path);
-//! [`Deltas::take_rows`] orders them by device with a stable counting sort on the device's rank.
-//! A device's rows are emitted in time order, so the epoch comes out sorted by
-//! (device_id, time) without comparing rows, and column by column, ready for Arrow.
+//! Emitted rows go to one epoch buffer; [`epoch`] lays them out for Parquet.
 
-use std::sync::Arc;
+mod epoch;
+mod names;
 
-use arrow::array::{
-    Array, AsArray, DictionaryArray, Float32Array, Float32Builder, Int32Array, StringArray,
-};
-use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
-use arrow::datatypes::Int32Type;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::device_hash::DeviceMap;
-use crate::timestamp::{MICROS_PER_DAY, MICROS_PER_MINUTE};
+use crate::timestamp::MICROS_PER_MINUTE;
 use crate::watermark::Watermark;
-
-/// One output row, for tests and for reading [`DayRows`] row by row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub device_id: i32,
-    pub device_name: String,
-    /// Event time, UTC microseconds.
-    pub time: i64,
-    /// Minutes since the device's previous reading; `None` for its first.
-    pub duration: Option<f32>,
-    /// Energy since the previous reading; `None` for the first and after a counter reset.
-    pub delta_energy: Option<f32>,
-}
-
-/// An epoch's rows of one UTC day, sorted by (device_id, time), as columns.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DayRows {
-    /// Days since 1970-01-01 (UTC).
-    pub day: i64,
-    pub device_id: Vec<i32>,
-    pub time: Vec<i64>,
-    /// Arrow arrays already: a null bitmap built while gathering costs less than a pass over
-    /// a column of options afterwards.
-    pub duration: Float32Array,
-    pub delta_energy: Float32Array,
-    /// Keys into the day's distinct names: four bytes a row instead of a copy of the name.
-    pub device_name: DictionaryArray<Int32Type>,
-}
-
-impl DayRows {
-    pub fn len(&self) -> usize {
-        self.device_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.device_id.is_empty()
-    }
-
-    pub fn name(&self, row: usize) -> &str {
-        let key = self.device_name.keys().value(row);
-        self.device_name
-            .values()
-            .as_string::<i32>()
-            .value(key as usize)
-    }
-
-    /// The rows one by one.
-    pub fn rows(&self) -> impl Iterator<Item = Row> + '_ {
-        (0..self.len()).map(|i| Row {
-            device_id: self.device_id[i],
-            device_name: self.name(i).to_owned(),
-            time: self.time[i],
-            duration: self.duration.is_valid(i).then(|| self.duration.value(i)),
-            delta_energy: self
-                .delta_energy
-                .is_valid(i)
-                .then(|| self.delta_energy.value(i)),
-        })
-    }
-}
-
-/// An epoch's rows in emission order plus a snapshot of what laying them out needs.
-#[derive(Debug)]
-pub struct EpochRows {
-    emitted: Vec<Emitted>,
-    /// Device id of each slot.
-    device_ids: Vec<i32>,
-    /// Position of each slot in device-id order.
-    rank: Vec<u32>,
-    names: Names,
-}
-
-impl EpochRows {
-    /// The rows grouped by UTC day (ascending), sorted by (device_id, time) within each day.
-    ///
-    /// A stable counting sort on each row's (day, device rank). Only each row's index is
-    /// scattered (one small write stream per device, where scattering whole rows into five
-    /// columns missed the cache on nearly every write); the columns are then gathered in
-    /// output order, whose independent reads overlap. Stability keeps each device's rows in
-    /// emission (= time) order.
-    pub fn into_days(self) -> Vec<DayRows> {
-        let EpochRows {
-            emitted,
-            device_ids,
-            rank,
-            names,
-        } = self;
-        let mut day_index = DayIndex::default();
-        for row in &emitted {
-            let day = day_index.locate(row.time);
-            day_index.days[day].1 += 1;
-        }
-        // Every day is known now, so indexes no longer shift. After the running sum over
-        // days in order and devices by rank, `next[day * stride + rank]` is the output
-        // position of the device's next row of that day.
-        let stride = device_ids.len() + 1;
-        let mut next = vec![0u32; day_index.days.len() * stride];
-        // Each row's slot in `next`, found once for the counting and the scattering.
-        let mut keys = Vec::with_capacity(emitted.len());
-        for row in &emitted {
-            let key = day_index.locate(row.time) * stride + rank[row.slot as usize] as usize;
-            next[key + 1] += 1;
-            keys.push(key);
-        }
-        let mut total = 0;
-        for counts in next.chunks_exact_mut(stride) {
-            counts[0] = total;
-            for i in 1..stride {
-                counts[i] += counts[i - 1];
-            }
-            total = counts[stride - 1];
-        }
-        let mut order = vec![0u32; emitted.len()];
-        for (index, &key) in keys.iter().enumerate() {
-            let at = &mut next[key];
-            order[*at as usize] = index as u32;
-            *at += 1;
-        }
-        drop(keys);
-        let mut start = 0;
-        day_index
-            .days
-            .iter()
-            .map(|&(day, rows)| {
-                let day_order = &order[start..start + rows];
-                start += rows;
-                DayRows::gather(day, day_order, &emitted, &device_ids, &names)
-            })
-            .collect()
-    }
-}
-
-/// Rows copied per step of [`DayRows::gather`]: 64 KiB, well inside the L2 cache.
-const GATHER_CHUNK: usize = 2048;
-
-impl DayRows {
-    /// The day's columns, row `i` taken from `emitted[order[i]]`.
-    fn gather(
-        day: i64,
-        order: &[u32],
-        emitted: &[Emitted],
-        device_ids: &[i32],
-        names: &Names,
-    ) -> DayRows {
-        let rows = order.len();
-        let mut device_id = Vec::with_capacity(rows);
-        let mut time = Vec::with_capacity(rows);
-        let mut duration = Float32Builder::with_capacity(rows);
-        let mut delta_energy = Float32Builder::with_capacity(rows);
-        let mut device_name = NameKeys::with_capacity(rows);
-        // Each read of `emitted` is a cache miss (a device's rows lie a fleet apart). A
-        // loop that only copies rows keeps many of those misses in flight at once; the
-        // copies land in a small buffer that stays in cache while it is split into columns.
-        let mut chunk = Vec::with_capacity(GATHER_CHUNK);
-        for part in order.chunks(GATHER_CHUNK) {
-            chunk.clear();
-            chunk.extend(part.iter().map(|&index| emitted[index as usize]));
-            for row in &chunk {
-                device_id.push(device_ids[row.slot as usize]);
-                time.push(row.time);
-                duration.append_option(row.duration.get());
-                delta_energy.append_option(row.delta_energy.get());
-                device_name.push(row.name, names);
-            }
-        }
-        DayRows {
-            day,
-            device_id,
-            time,
-            duration: duration.finish(),
-            delta_energy: delta_energy.finish(),
-            device_name: device_name.finish(),
-        }
-    }
-}
-
-/// Builds a day's name column as keys into its distinct names, in first-seen order. Rows come
-/// device by device, so nearly every row repeats the previous row's name and costs one
-/// comparison of ids; the name text is copied once per distinct name.
-struct NameKeys {
-    keys: Vec<i32>,
-    key_of: FxHashMap<NameId, i32>,
-    values: Vec<u8>,
-    offsets: Vec<i32>,
-    previous: Option<(NameId, i32)>,
-}
-
-impl NameKeys {
-    fn with_capacity(rows: usize) -> Self {
-        NameKeys {
-            keys: Vec::with_capacity(rows),
-            key_of: FxHashMap::default(),
-            values: Vec::new(),
-            offsets: vec![0],
-            previous: None,
-        }
-    }
-
-    fn push(&mut self, name: NameId, names: &Names) {
-        let key = match self.previous {
-            Some((previous, key)) if previous == name => key,
-            _ => {
-                let next = self.key_of.len() as i32;
-                let key = *self.key_of.entry(name).or_insert_with(|| {
-                    self.values.extend_from_slice(names.bytes(name));
-                    self.offsets.push(self.values.len() as i32);
-                    next
-                });
-                self.previous = Some((name, key));
-                key
-            }
-        };
-        self.keys.push(key);
-    }
-
-    fn finish(self) -> DictionaryArray<Int32Type> {
-        // Every name was stored from a `str`, so this check always passes.
-        let text = String::from_utf8(self.values)
-            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
-        let values = StringArray::new(
-            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
-            Buffer::from(text.into_bytes()),
-            None,
-        );
-        // Keys index `values` by construction.
-        DictionaryArray::new(Int32Array::from(self.keys), Arc::new(values))
-    }
-}
+pub use epoch::{DayRows, EpochRows, Row};
+use epoch::{Emitted, MaybeF32};
+use names::{NameId, Names};
 
 /// A validated reading offered to the state machine.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -279,6 +49,12 @@ pub enum Outcome {
     Late {
         last_emitted: i64,
     },
+    /// With a state TTL: a reading older than the TTL horizon (the watermark minus the TTL)
+    /// of a device the state keeps no history for: it may repeat what was written before the
+    /// device was evicted, so it is refused like a late one.
+    BeyondTtl {
+        horizon: i64,
+    },
 }
 
 /// Counters the state machine keeps itself, since only it sees emission.
@@ -288,13 +64,52 @@ pub struct DeltaCounters {
     pub counter_resets: u64,
     /// Rows emitted so far.
     pub rows: u64,
+    /// Devices dropped from the state by the state TTL.
+    pub devices_evicted: u64,
 }
+
+/// Settings that decide rows besides the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSettings {
+    /// How far the watermark trails the partitions' event-time fronts, in µs.
+    pub allowed_lateness: i64,
+    /// Devices that must reach an event time before it moves their partition's front (see
+    /// [`Watermark`]); 1 is the plain maximum.
+    pub watermark_quorum: usize,
+    /// Devices with no reading newer than the watermark minus this (µs) are dropped from the
+    /// state at an epoch boundary; `None` keeps every device.
+    pub state_ttl: Option<i64>,
+}
+
+/// Devices that must agree on an event time by default: up to two meters of a partition with
+/// a clock running ahead do not move its watermark.
+pub const DEFAULT_WATERMARK_QUORUM: usize = 3;
+
+impl StateSettings {
+    /// The defaults, with `allowed_lateness` µs of lateness.
+    pub fn with_lateness(allowed_lateness: i64) -> Self {
+        StateSettings {
+            allowed_lateness,
+            watermark_quorum: DEFAULT_WATERMARK_QUORUM,
+            state_ttl: None,
+        }
+    }
+}
+
+/// What [`Deltas::judge`] decided about one reading.
+enum Judged {
+    Accepted,
+    /// Valid so far, but its place is far from the end of a long waiting list: put in place
+    /// with the message's other such readings (and checked against them) after the message.
+    Deferred(Pending),
+    Refused(Outcome),
+}
+
+/// Waiting readings a single insertion may shift; beyond that it is deferred.
+const MAX_SHIFT: usize = 32;
 
 /// Marks "no reading emitted yet"; no parseable time is this early.
 const NEVER: i64 = i64::MIN;
-
-/// Index into [`Names`].
-type NameId = u32;
 
 /// Readings a device keeps inline: with the usual lateness (two reading intervals) about two
 /// wait at a time, and a buffer of its own would be one more cache miss per reading.
@@ -326,142 +141,6 @@ struct Pending {
     name: NameId,
 }
 
-/// A row of the current epoch, before it is ordered and laid out in columns: 24 bytes, as an
-/// epoch's rows are the bulk of a run's memory.
-#[derive(Debug, Clone, Copy)]
-struct Emitted {
-    time: i64,
-    duration: MaybeF32,
-    delta_energy: MaybeF32,
-    name: NameId,
-    /// The device's slot.
-    slot: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<Emitted>() == 24);
-
-/// An optional `f32` in four bytes, NaN standing for null: no duration or delta is NaN, as
-/// times and energies are finite.
-#[derive(Debug, Clone, Copy)]
-struct MaybeF32(f32);
-
-impl MaybeF32 {
-    const NULL: MaybeF32 = MaybeF32(f32::NAN);
-
-    fn get(self) -> Option<f32> {
-        (!self.0.is_nan()).then_some(self.0)
-    }
-}
-
-impl From<Option<f32>> for MaybeF32 {
-    fn from(value: Option<f32>) -> Self {
-        debug_assert!(value.is_none_or(|v| !v.is_nan()));
-        value.map_or(MaybeF32::NULL, MaybeF32)
-    }
-}
-
-/// The UTC days of an epoch's rows, sorted, with a row count each. Rows mostly come day by
-/// day, so the last day's bounds answer almost every lookup without a division.
-#[derive(Debug, Default)]
-struct DayIndex {
-    days: Vec<(i64, usize)>,
-    /// `[start, end)` in µs of the last day looked up, and its index.
-    last: Option<(i64, i64, usize)>,
-}
-
-impl DayIndex {
-    /// Index of the day of `time`, added (with no rows) if it is new.
-    fn locate(&mut self, time: i64) -> usize {
-        if let Some((start, end, index)) = self.last {
-            if time >= start && time < end {
-                return index;
-            }
-        }
-        let day = time.div_euclid(MICROS_PER_DAY);
-        let index = match self.days.binary_search_by_key(&day, |&(d, _)| d) {
-            Ok(i) => i,
-            Err(i) => {
-                self.days.insert(i, (day, 0));
-                i
-            }
-        };
-        let start = day.saturating_mul(MICROS_PER_DAY);
-        self.last = Some((start, start.saturating_add(MICROS_PER_DAY), index));
-        index
-    }
-}
-
-/// Device names, each stored once in one buffer; a renamed device adds its new name, and
-/// names seen in renames are looked up so a device flipping between names adds nothing.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Names {
-    /// Each name as its byte length (4 bytes, little endian) followed by its UTF-8 bytes. A
-    /// name's id is the offset of its length, so checking a reading's name against its
-    /// device's touches one place in memory, not an index and then the text.
-    text: Vec<u8>,
-    /// Saved sorted: a hash map's order depends on its history, and a replayed epoch must
-    /// write the same checkpoint bytes as the run it replays.
-    #[serde(serialize_with = "sorted_map")]
-    renamed: FxHashMap<Box<str>, NameId>,
-}
-
-fn sorted_map<S: serde::Serializer>(
-    map: &FxHashMap<Box<str>, NameId>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(map.iter().collect::<std::collections::BTreeMap<_, _>>())
-}
-
-/// Bytes of the length before each name in [`Names::text`].
-const NAME_LENGTH_BYTES: usize = 4;
-
-impl Names {
-    /// The UTF-8 bytes of name `id`.
-    fn bytes(&self, id: NameId) -> &[u8] {
-        let start = id as usize + NAME_LENGTH_BYTES;
-        let mut length = [0; NAME_LENGTH_BYTES];
-        length.copy_from_slice(&self.text[id as usize..start]);
-        &self.text[start..start + u32::from_le_bytes(length) as usize]
-    }
-
-    fn add(&mut self, name: &str) -> NameId {
-        let id = self.text.len() as NameId;
-        self.text
-            .extend_from_slice(&(name.len() as u32).to_le_bytes());
-        self.text.extend_from_slice(name.as_bytes());
-        id
-    }
-
-    /// The names text, for laying out an epoch elsewhere (renames are not needed there).
-    fn snapshot(&self) -> Names {
-        Names {
-            text: self.text.clone(),
-            renamed: FxHashMap::default(),
-        }
-    }
-
-    fn rename(&mut self, name: &str) -> NameId {
-        if let Some(&id) = self.renamed.get(name) {
-            return id;
-        }
-        let id = self.add(name);
-        self.renamed.insert(name.into(), id);
-        id
-    }
-
-    /// How many names are stored.
-    #[cfg(test)]
-    fn count(&self) -> usize {
-        let mut id = 0;
-        let mut count = 0;
-        while id < self.text.len() {
-            id += NAME_LENGTH_BYTES + self.bytes(id as NameId).len();
-            count += 1;
-        }
-        count
-    }
-}
-
 /// Per-device state plus the watermark: everything that decides rows.
 #[derive(Debug)]
 pub struct Deltas {
@@ -478,11 +157,19 @@ pub struct Deltas {
     names: Names,
     watermark: Watermark,
     counters: DeltaCounters,
+    state_ttl: Option<i64>,
+    /// Each reading's device slot while a message is applied (kept to reuse its allocation).
+    message_slots: Vec<u32>,
 }
 
 impl Deltas {
-    /// Empty state whose watermark trails by `allowed_lateness` µs.
+    /// Empty state with the default settings and `allowed_lateness` µs of lateness.
     pub fn new(allowed_lateness: i64) -> Self {
+        Self::with_settings(StateSettings::with_lateness(allowed_lateness))
+    }
+
+    /// Empty state.
+    pub fn with_settings(settings: StateSettings) -> Self {
         Deltas {
             slots: DeviceMap::default(),
             devices: Vec::new(),
@@ -490,39 +177,122 @@ impl Deltas {
             last_epoch_rows: 0,
             order: Vec::new(),
             names: Names::default(),
-            watermark: Watermark::new(allowed_lateness),
+            watermark: Watermark::new(settings.allowed_lateness, settings.watermark_quorum),
             counters: DeltaCounters::default(),
+            state_ttl: settings.state_ttl,
+            message_slots: Vec::new(),
         }
     }
 
     /// Offers one whole message's readings from `partition`, reporting every reading that was
-    /// not accepted to `rejected`. The watermark moves only after the whole message, so
-    /// readings of one message never make each other late.
-    pub fn apply_message<'n>(
+    /// not accepted to `rejected`.
+    ///
+    /// First every device the message names catches up to the watermark the previous
+    /// message left; then each reading is judged against that emitted history and the
+    /// device's waiting readings; the watermark moves only after the whole message. So
+    /// readings of one message never make each other late, and their order within the
+    /// message does not matter.
+    pub fn apply_message<'n, I>(
         &mut self,
         partition: usize,
-        readings: impl IntoIterator<Item = Offer<'n>>,
+        readings: I,
         mut rejected: impl FnMut(&Offer<'n>, Outcome),
-    ) {
+    ) where
+        I: IntoIterator<Item = Offer<'n>>,
+        I::IntoIter: Clone,
+    {
         if self.emitted.capacity() == 0 {
             // With room, as emission lags the readings an epoch counts.
             self.emitted
                 .reserve(self.last_epoch_rows + self.last_epoch_rows / 4);
         }
+        let readings = readings.into_iter();
         let watermark = self.watermark.current();
-        let mut latest: Option<i64> = None;
-        for offer in readings {
-            match self.offer(&offer, watermark) {
-                Outcome::Accepted => {
-                    latest = Some(latest.map_or(offer.time, |t| t.max(offer.time)))
+        let mut slots = std::mem::take(&mut self.message_slots);
+        slots.clear();
+        let horizon = self.ttl_horizon();
+        let mut previous = None;
+        for offer in readings.clone() {
+            let slot = self.slot_of(&offer);
+            if previous != Some(slot) {
+                let device = &mut self.devices[slot as usize];
+                device.emit_until(slot, watermark, &mut self.emitted, &mut self.counters);
+                if device.has_no_history_before(horizon) && device.last_time != NEVER {
+                    // Evicted in effect, whether or not an epoch boundary removed it yet:
+                    // its next reading starts it afresh.
+                    device.last_time = NEVER;
+                    self.counters.devices_evicted += 1;
                 }
-                outcome => rejected(&offer, outcome),
+                previous = Some(slot);
+            }
+            slots.push(slot);
+        }
+        // Readings that would be inserted far from the end of a long waiting list (a
+        // backlog sent newest first) are put in place together after the message, so a
+        // message costs O(n log n), not a shift of the list per reading.
+        let mut deferred: Vec<(u32, Pending, Offer<'n>)> = Vec::new();
+        for (offer, &slot) in readings.zip(&slots) {
+            match self.judge(&offer, slot, horizon) {
+                Judged::Accepted => self.watermark.note(partition, offer.device_id, offer.time),
+                Judged::Deferred(pending) => deferred.push((slot, pending, offer)),
+                Judged::Refused(outcome) => rejected(&offer, outcome),
             }
         }
-        self.watermark.observe(partition, latest);
+        if !deferred.is_empty() {
+            self.place_deferred(partition, deferred, &mut rejected);
+        }
+        self.message_slots = slots;
+        self.watermark.end_message(partition);
     }
 
-    fn offer(&mut self, offer: &Offer<'_>, watermark: i64) -> Outcome {
+    /// Puts a message's deferred readings into their devices' waiting lists: sorted by
+    /// (device, time), the first of equal times (in message order) is taken and the others
+    /// judged against it, and each device's list is merged once.
+    fn place_deferred<'n>(
+        &mut self,
+        partition: usize,
+        mut deferred: Vec<(u32, Pending, Offer<'n>)>,
+        rejected: &mut impl FnMut(&Offer<'n>, Outcome),
+    ) {
+        // Stable: equal (slot, time) keep message order.
+        deferred.sort_by_key(|(slot, pending, _)| (*slot, pending.time));
+        let mut start = 0;
+        while start < deferred.len() {
+            let slot = deferred[start].0;
+            let end = start + deferred[start..].partition_point(|(s, _, _)| *s == slot);
+            let mut taken: Vec<Pending> = Vec::with_capacity(end - start);
+            for (_, pending, offer) in &deferred[start..end] {
+                match taken.last() {
+                    Some(last) if last.time == pending.time => {
+                        rejected(offer, same_time(last.energy, pending.energy));
+                    }
+                    _ => {
+                        self.watermark.note(partition, offer.device_id, offer.time);
+                        taken.push(*pending);
+                    }
+                }
+            }
+            // Merge from the first taken reading's place on: the readings before it stay
+            // put, so this costs what inserting them one by one would shift at most once.
+            let device = &mut self.devices[slot as usize];
+            let from = device.pending.partition_point(|w| w.time < taken[0].time);
+            let mut tail: Vec<Pending> = device.pending.drain(from..).collect();
+            tail.reserve(taken.len());
+            let mut waiting = std::mem::take(&mut tail).into_iter().peekable();
+            for pending in taken {
+                while let Some(w) = waiting.next_if(|w| w.time < pending.time) {
+                    tail.push(w);
+                }
+                tail.push(pending);
+            }
+            tail.extend(waiting);
+            device.pending.extend(tail);
+            start = end;
+        }
+    }
+
+    /// The device's slot, adding the device if it is new.
+    fn slot_of(&mut self, offer: &Offer<'_>) -> u32 {
         let next_slot = self.devices.len() as u32;
         let slot = *self.slots.entry(offer.device_id).or_insert(next_slot);
         if slot == next_slot {
@@ -535,20 +305,27 @@ impl Deltas {
                 pending: SmallVec::new(),
             });
         }
-        let device = &mut self.devices[slot as usize];
-        device.emit_until(slot, watermark, &mut self.emitted, &mut self.counters);
+        slot
+    }
 
+    /// Accepts a reading into its device's waiting readings, or says why not. `horizon` is
+    /// the state TTL's (the previous watermark minus the TTL), `i64::MIN` without one.
+    fn judge(&mut self, offer: &Offer<'_>, slot: u32, horizon: i64) -> Judged {
+        let device = &mut self.devices[slot as usize];
+        if device.last_time == NEVER && offer.time < horizon {
+            return Judged::Refused(Outcome::BeyondTtl { horizon });
+        }
         if device.last_time != NEVER && offer.time <= device.last_time {
-            return if offer.time < device.last_time {
+            return Judged::Refused(if offer.time < device.last_time {
                 Outcome::Late {
                     last_emitted: device.last_time,
                 }
             } else {
                 same_time(device.last_energy, offer.cumulative_energy)
-            };
+            });
         }
         match device.pending.binary_search_by_key(&offer.time, |p| p.time) {
-            Ok(i) => same_time(device.pending[i].energy, offer.cumulative_energy),
+            Ok(i) => Judged::Refused(same_time(device.pending[i].energy, offer.cumulative_energy)),
             Err(i) => {
                 if self.names.bytes(device.name) != offer.device_name.as_bytes() {
                     device.name = self.names.rename(offer.device_name);
@@ -558,8 +335,11 @@ impl Deltas {
                     energy: offer.cumulative_energy,
                     name: device.name,
                 };
+                if device.pending.len() - i > MAX_SHIFT {
+                    return Judged::Deferred(pending);
+                }
                 device.pending.insert(i, pending);
-                Outcome::Accepted
+                Judged::Accepted
             }
         }
     }
@@ -599,7 +379,8 @@ impl Deltas {
     }
 
     /// Takes the rows emitted since the last call with what ordering them needs, so the
-    /// ordering can run on another thread while this state takes the next epoch.
+    /// ordering can run on another thread while this state takes the next epoch. This is the
+    /// epoch boundary: afterwards expired devices are evicted and unused names dropped.
     pub fn take_epoch_rows(&mut self) -> EpochRows {
         self.update_order();
         self.last_epoch_rows = self.emitted.len();
@@ -607,12 +388,85 @@ impl Deltas {
         for (position, &slot) in self.order.iter().enumerate() {
             rank[slot as usize] = position as u32;
         }
-        EpochRows {
+        let rows = EpochRows {
             emitted: std::mem::take(&mut self.emitted),
             device_ids: self.devices.iter().map(|d| d.device_id).collect(),
             rank,
             names: self.names.snapshot(),
+        };
+        self.evict_expired();
+        if self.names.wants_compaction() {
+            self.compact_names();
         }
+        rows
+    }
+
+    /// Drops devices whose newest reading is older than the watermark minus the TTL and
+    /// that have nothing waiting. Decided from event time only, so a replay evicts the same
+    /// devices; the survivors keep their relative order, so the saved state stays canonical.
+    fn evict_expired(&mut self) {
+        if self.state_ttl.is_none() {
+            return;
+        }
+        // The horizon the next message is judged with, so a device removed here is one the
+        // next message would treat as evicted anyway: rows do not depend on where epochs end.
+        let horizon = self.ttl_horizon();
+        let expired = |d: &Device| d.has_no_history_before(horizon);
+        if !self.devices.iter().any(expired) {
+            return;
+        }
+        // Devices created for readings that were all refused hold nothing: not counted.
+        let evicted = self
+            .devices
+            .iter()
+            .filter(|d| expired(d) && d.last_time != NEVER)
+            .count();
+        let mut new_slot = vec![u32::MAX; self.devices.len()];
+        let mut kept = 0u32;
+        for (slot, device) in self.devices.iter().enumerate() {
+            if !expired(device) {
+                new_slot[slot] = kept;
+                kept += 1;
+            }
+        }
+        self.devices.retain(|d| !expired(d));
+        self.counters.devices_evicted += evicted as u64;
+        self.devices.shrink_to_fit();
+        self.slots = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(slot, device)| (device.device_id, slot as u32))
+            .collect();
+        self.order = self
+            .order
+            .iter()
+            .map(|&slot| new_slot[slot as usize])
+            .filter(|&slot| slot != u32::MAX)
+            .collect();
+        self.compact_names();
+    }
+
+    /// The state TTL's horizon for the next message: readings of devices without history are
+    /// refused before it. `i64::MIN` without a TTL.
+    fn ttl_horizon(&self) -> i64 {
+        match self.state_ttl {
+            Some(ttl) => self.watermark.current().saturating_sub(ttl),
+            None => i64::MIN,
+        }
+    }
+
+    /// Rebuilds the names from those still referenced, in slot order (deterministic).
+    fn compact_names(&mut self) {
+        let devices = &mut self.devices;
+        self.names.compact(|visit| {
+            for device in devices.iter_mut() {
+                visit(&mut device.name);
+                for pending in device.pending.iter_mut() {
+                    visit(&mut pending.name);
+                }
+            }
+        });
     }
 
     /// Keeps `order` listing every slot by device id.
@@ -640,8 +494,9 @@ impl Deltas {
         postcard::to_stdvec(&state).map_err(StateError)
     }
 
-    /// State saved by [`Self::encode_state`]; the index and device order are rebuilt.
-    pub fn decode_state(bytes: &[u8]) -> Result<Self, StateError> {
+    /// State saved by [`Self::encode_state`]; the index and device order are rebuilt. The
+    /// quorum and TTL of `settings` apply from now on; the lateness is the saved one.
+    pub fn decode_state(bytes: &[u8], settings: &StateSettings) -> Result<Self, StateError> {
         let state: State = postcard::from_bytes(bytes).map_err(StateError)?;
         let slots = state
             .devices
@@ -649,6 +504,8 @@ impl Deltas {
             .enumerate()
             .map(|(slot, device)| (device.device_id, slot as u32))
             .collect();
+        let mut watermark = state.watermark;
+        watermark.set_quorum(settings.watermark_quorum);
         let mut deltas = Deltas {
             slots,
             devices: state.devices,
@@ -656,8 +513,10 @@ impl Deltas {
             last_epoch_rows: 0,
             order: Vec::new(),
             names: state.names,
-            watermark: state.watermark,
+            watermark,
             counters: state.counters,
+            state_ttl: settings.state_ttl,
+            message_slots: Vec::new(),
         };
         deltas.update_order();
         Ok(deltas)
@@ -673,9 +532,14 @@ impl Deltas {
         &mut self.watermark
     }
 
-    /// Devices ever seen (state is kept for each: a device's first delta needs its history).
+    /// Devices in the state (every device seen, less those the TTL evicted).
     pub fn device_count(&self) -> usize {
         self.devices.len()
+    }
+
+    /// Bytes of device-name text the state holds.
+    pub fn name_bytes(&self) -> usize {
+        self.names.text_len()
     }
 
     pub fn counters(&self) -> DeltaCounters {
@@ -715,6 +579,13 @@ fn same_time(accepted_energy: f64, offered_energy: f64) -> Outcome {
 }
 
 impl Device {
+    /// Whether the state TTL treats the device as evicted: nothing waits and its newest
+    /// reading is older than `horizon` (or it has none: a device whose readings were all
+    /// refused, or one evicted in effect).
+    fn has_no_history_before(&self, horizon: i64) -> bool {
+        self.pending.is_empty() && self.last_time < horizon
+    }
+
     /// Emits pending readings with `time <= until`, oldest first.
     fn emit_until(
         &mut self,
@@ -745,8 +616,8 @@ impl Device {
             counters.rows += 1;
             out.push(Emitted {
                 time: reading.time,
-                duration: duration.into(),
-                delta_energy: delta_energy.into(),
+                duration: MaybeF32::from(duration),
+                delta_energy: MaybeF32::from(delta_energy),
                 name: reading.name,
                 slot,
             });
@@ -760,6 +631,7 @@ impl Device {
 
 #[cfg(test)]
 mod tests {
+    use super::epoch::GATHER_CHUNK;
     use super::*;
     use crate::timestamp::parse_micros;
 
@@ -818,7 +690,8 @@ mod tests {
         first.emit_ready();
         let mut got = rows_of(&mut first);
         let saved = first.encode_state().unwrap();
-        let mut second = Deltas::decode_state(&saved).unwrap();
+        let mut second =
+            Deltas::decode_state(&saved, &StateSettings::with_lateness(10 * MINUTE)).unwrap();
         assert_eq!(
             second.encode_state().unwrap(),
             saved,
@@ -841,7 +714,7 @@ mod tests {
             d.flush();
             d.counters()
         });
-        assert!(Deltas::decode_state(b"not a state").is_err());
+        assert!(Deltas::decode_state(b"not a state", &StateSettings::with_lateness(0)).is_err());
     }
 
     #[test]
@@ -981,7 +854,10 @@ mod tests {
 
     #[test]
     fn emit_ready_emits_exactly_what_the_watermark_passed() {
-        let mut deltas = Deltas::new(10 * MINUTE);
+        let mut deltas = Deltas::with_settings(StateSettings {
+            watermark_quorum: 1,
+            ..StateSettings::with_lateness(10 * MINUTE)
+        });
         deltas.apply_message(0, [offer(2, 0, 1.0), offer(1, 0, 1.0)], |_, _| {});
         deltas.apply_message(0, [offer(3, 15 * MINUTE, 1.0)], |_, _| {});
         assert_eq!(deltas.counters().rows, 0, "lazy: nothing emitted yet");
@@ -1095,5 +971,94 @@ mod tests {
             3,
             "flipping names are stored once each"
         );
+    }
+
+    #[test]
+    fn a_device_renamed_on_every_reading_keeps_the_state_flat() {
+        let mut deltas = Deltas::new(0);
+        let mut largest = 0;
+        let mut last_row = None;
+        for epoch in 0..100i64 {
+            for step in 0..10_000i64 {
+                let minute = epoch * 10_000 + step;
+                let name = format!("meter 7 firmware {minute}");
+                let reading = Offer {
+                    device_name: &name,
+                    ..offer(7, minute * MINUTE, minute as f64)
+                };
+                deltas.apply_message(0, [reading], |_, outcome| panic!("{outcome:?}"));
+            }
+            deltas.emit_ready();
+            let rows: Vec<Row> = rows_of(&mut deltas);
+            assert_eq!(rows.len(), 10_000);
+            // Rows carry their own reading's name, compactions or not.
+            assert_eq!(
+                rows[0].device_name,
+                format!("meter 7 firmware {}", epoch * 10_000)
+            );
+            last_row = rows.last().cloned();
+            largest = largest.max(deltas.encode_state().unwrap().len());
+        }
+        // A million names of about 25 bytes were seen (25 MB, twice that with the renames'
+        // index); the state holds at most about a compaction's worth.
+        assert!(largest < 4 << 20, "the state grew to {largest} bytes");
+        assert!(
+            deltas.name_bytes() < 2 << 20,
+            "{} bytes of names",
+            deltas.name_bytes()
+        );
+        assert_eq!(last_row.unwrap().device_name, "meter 7 firmware 999999");
+        deltas.apply_message(0, [offer(7, i64::MAX / 2, 2e6)], |_, o| panic!("{o:?}"));
+        deltas.flush();
+        let rows = rows_of(&mut deltas);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].device_name, "Test Device");
+    }
+
+    #[test]
+    fn the_state_ttl_evicts_devices_silent_past_it_by_event_time() {
+        let hour = 60 * MINUTE;
+        let mut deltas = Deltas::with_settings(StateSettings {
+            watermark_quorum: 1,
+            state_ttl: Some(hour),
+            ..StateSettings::with_lateness(0)
+        });
+        deltas.apply_message(0, [offer(1, 0, 1.0), offer(2, 0, 1.0)], |_, _| {});
+        for step in 1..=6 {
+            deltas.apply_message(
+                0,
+                [offer(2, step * 15 * MINUTE, 1.0 + step as f64)],
+                |_, _| {},
+            );
+            deltas.emit_ready();
+            rows_of(&mut deltas);
+            let expected = if step * 15 * MINUTE > hour { 1 } else { 2 };
+            assert_eq!(deltas.device_count(), expected, "after {} min", step * 15);
+        }
+        assert_eq!(deltas.counters().devices_evicted, 1);
+        // A resend of what device 1 wrote before it was evicted is refused, not written again.
+        let mut refused = Vec::new();
+        deltas.apply_message(0, [offer(1, 0, 1.0)], |_, o| refused.push(o));
+        assert_eq!(
+            refused,
+            vec![Outcome::BeyondTtl {
+                horizon: 90 * MINUTE - hour
+            }]
+        );
+        // Device 1 reports again: a new device to the state, so its deltas are null.
+        deltas.apply_message(0, [offer(1, 2 * hour, 9.0)], |_, _| {});
+        deltas.flush();
+        let device1: Vec<Row> = rows_of(&mut deltas)
+            .into_iter()
+            .filter(|r| r.device_id == 1)
+            .collect();
+        assert_eq!(device1.len(), 1);
+        assert_eq!((device1[0].duration, device1[0].delta_energy), (None, None));
+        // Without a TTL nothing is evicted.
+        let mut keep = Deltas::new(0);
+        keep.apply_message(0, [offer(1, 0, 1.0), offer(2, 10 * hour, 1.0)], |_, _| {});
+        keep.emit_ready();
+        rows_of(&mut keep);
+        assert_eq!(keep.device_count(), 2);
     }
 }
