@@ -1,6 +1,6 @@
 """Runs every example query of docs/analytics.md through `meterflow query` and DuckDB on a
 transform output, and compares both answers with values computed here from the generated
-input (sort each device's readings, take differences: DESIGN §3 on a clean input).
+input (sort each device's readings, take differences: contract §3 on a clean input).
 
 Usage: check_queries.py METERFLOW_BIN INPUT.jsonl OUTPUT_DIR
 """

@@ -1,4 +1,4 @@
-//! The output schema (DESIGN §1) and a day's rows → Arrow record batches.
+//! The output schema (contract §1) and a day's rows → Arrow record batches.
 
 use std::sync::{Arc, OnceLock};
 

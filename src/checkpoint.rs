@@ -1,4 +1,4 @@
-//! Exactly-once bookkeeping in the output bucket (DESIGN §4), under `PREFIX/_checkpoint/`.
+//! Exactly-once bookkeeping in the output bucket (contract §4), under `PREFIX/_checkpoint/`.
 //!
 //! Per epoch, in this order: an [`Intent`] (the input ranges and every wall-clock decision
 //! the epoch depends on) is created, the data files are written under deterministic names, then

@@ -367,7 +367,7 @@ pub struct GenerateArgs {
     /// Devices per message (one gateway's meters).
     #[arg(long, default_value_t = 8)]
     pub devices_per_message: u32,
-    /// Append the DESIGN seed example (device 123456) as the last message.
+    /// Append the seed example (device 123456) as the last message.
     #[arg(long)]
     pub with_seed_example: bool,
     /// Output file (`.gz`/`.zst` compressed; `-` is stdout); optional when publishing.
@@ -742,7 +742,7 @@ pub fn render_inspection(inspection: &Inspection) -> Result<String, CliError> {
     Ok(text)
 }
 
-/// The DESIGN seed example, added to the demo's input so its rows can be shown.
+/// The seed example, added to the demo's input so its rows can be shown.
 pub const SEED_EXAMPLE: &str = r#"{"measurements": [{"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 120.12}, {"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:20:00Z", "cumulative_energy": 122.45}]}"#;
 
 /// `demo`: generate, transform, show.
@@ -820,7 +820,7 @@ fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), CliErr
         .collect::<Result<Vec<_>, _>>()
         .map_err(CliError::Format)?;
     println!(
-        "\nThe DESIGN seed example (device 123456):\n{}",
+        "\nThe seed example (device 123456):\n{}",
         pretty_format_batches(&seed_rows).map_err(CliError::Format)?
     );
     println!("\nSummary:\n{summary}\n\nOutput in {output}/ (date=YYYY-MM-DD/part-*.parquet, _dead_letter/).");

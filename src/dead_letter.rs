@@ -1,4 +1,4 @@
-//! Dead-letter records: one JSON line per refused record (DESIGN §2).
+//! Dead-letter records: one JSON line per refused record (contract §2).
 
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! Object names in the output location (DESIGN §5): pure functions, so names are deterministic
+//! Object names in the output location (contract §5): pure functions, so names are deterministic
 //! and a replay of an epoch writes the same objects.
 //!
 //! ```text
@@ -12,7 +12,7 @@ use crate::timestamp;
 /// Folder of dead-letter files; the leading underscore makes Hive-style readers skip it.
 pub const DEAD_LETTER_DIR: &str = "_dead_letter";
 
-/// Folder of `meterflow run`'s intents and checkpoints (DESIGN §4), skipped by readers too.
+/// Folder of `meterflow run`'s intents and checkpoints (contract §4), skipped by readers too.
 pub const CHECKPOINT_DIR: &str = "_checkpoint";
 
 /// Relative path of the `writer`-th data file of `epoch` for a UTC day (days since

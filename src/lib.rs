@@ -3,7 +3,7 @@
 //! Each input message (a Kafka record or a JSON line) holds `measurements`; every reading
 //! becomes one row with the energy used (`delta_energy`) and minutes elapsed (`duration`) since
 //! the device's previous reading, written with an exact schema to a local directory or to
-//! S3-compatible storage. The behaviour contract is DESIGN.md; `docs/architecture.md` walks the
+//! S3-compatible storage. The behaviour contract is `docs/contract.md`; `docs/architecture.md` walks the
 //! data flow.
 //!
 //! # Layout
@@ -11,9 +11,9 @@
 //! Data flows top to bottom:
 //!
 //! - [`source`]: JSON-lines files (plain, gzip, zstd) or stdin, cut into blocks of whole lines.
-//! - [`reading`]: one message → validated [`reading::Reading`]s and rejections (DESIGN §2),
+//! - [`reading`]: one message → validated [`reading::Reading`]s and rejections (contract §2),
 //!   with [`timestamp`] parsing event times and [`reason`] naming the rejections.
-//! - [`deltas`]: the pure per-device state machine (DESIGN §3), driven by a [`watermark`].
+//! - [`deltas`]: the pure per-device state machine (contract §3), driven by a [`watermark`].
 //! - [`pipeline`]: the loop that applies messages in order and cuts epochs.
 //! - [`batch`]: the exact Arrow schema and rows → record batches.
 //! - [`sink`]: Parquet encoding and upload, named by [`layout`], into a [`store`] location;

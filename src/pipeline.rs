@@ -104,10 +104,13 @@ impl Processor {
             );
         }
         let offers = offers(block, message);
+        let device_ids = block.readings[message.readings.clone()]
+            .iter()
+            .map(|r| r.device_id);
         let first_late_letter = dead_letters.len();
         let mut refused = 0u64;
         self.deltas
-            .apply_message(partition, offers, |offer, outcome| {
+            .apply_message_of(partition, device_ids, offers, |offer, outcome| {
                 refused += 1;
                 let (reason, detail) = match outcome {
                     Outcome::Accepted => return,

@@ -1,4 +1,4 @@
-//! Decoding one input message into validated readings and rejections (DESIGN §2).
+//! Decoding one input message into validated readings and rejections (contract §2).
 //!
 //! The fast path deserializes the whole message in one strictly typed, borrowed pass (serde
 //! derive: the fastest serde_json can go). Anything unusual — a wrong type, a missing or
@@ -21,7 +21,7 @@ use crate::reason::Reason;
 use crate::scan::{self, Number, ScannedReading, TypedMessage};
 use crate::timestamp;
 
-/// A reading that passed every rule of DESIGN §2.
+/// A reading that passed every rule of contract §2.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
     pub device_id: i32,
@@ -401,7 +401,7 @@ impl<'a> Element<'a> {
         })
     }
 
-    /// Applies DESIGN §2's table in order; the first failing row gives the reason.
+    /// Applies contract §2's table in order; the first failing row gives the reason.
     fn validate(self, limits: &Limits) -> Result<Valid<'a>, (Reason, String)> {
         let fields = match self {
             Element::NotObject(kind) => {

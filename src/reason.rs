@@ -1,4 +1,4 @@
-//! The reason codes of dead-letter records (DESIGN §2–§3).
+//! The reason codes of dead-letter records (contract §2–§3).
 
 use serde::Serialize;
 
@@ -29,7 +29,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in the order of DESIGN's validation table.
+    /// Every reason, in the order of the contract's validation table.
     pub const ALL: [Reason; 10] = [
         Reason::InvalidJson,
         Reason::MissingMeasurements,

@@ -1,4 +1,4 @@
-//! `meterflow run`: Kafka → Parquet in object storage, exactly once (DESIGN §3–§6).
+//! `meterflow run`: Kafka → Parquet in object storage, exactly once (contract §3–§6).
 //!
 //! The service owns every partition of its topics (explicit assignment, no group rebalances;
 //! the group only receives committed offsets for lag monitoring). Messages are buffered per

@@ -1,4 +1,4 @@
-//! What `meterflow run` tells its operators (DESIGN §6): Prometheus metrics on `/metrics`,
+//! What `meterflow run` tells its operators (contract §6): Prometheus metrics on `/metrics`,
 //! liveness on `/healthz`, readiness on `/readyz`.
 //!
 //! Counters carry the totals of the checkpoint prefix (restored at start), so a restart does

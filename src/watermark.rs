@@ -1,4 +1,4 @@
-//! The event-time watermark across input partitions (DESIGN §3).
+//! The event-time watermark across input partitions (contract §3).
 //!
 //! Each partition has an event-time front; the watermark is the minimum of the fronts of the
 //! partitions that still hold it back, minus the allowed lateness, and it only moves forward
@@ -48,6 +48,10 @@ struct PartitionClock {
     previous: NewestDevices,
     /// Accepted readings in the current generation.
     readings: u32,
+    /// Whether `current` changed since the front was last computed (not saved: a restored
+    /// front is up to date).
+    #[serde(skip)]
+    changed: bool,
 }
 
 /// Up to `quorum` devices with the newest readings, each with its newest time.
@@ -59,11 +63,11 @@ struct NewestDevices {
 
 impl NewestDevices {
     /// Takes a reading into account; readings no newer than the quorum-th newest device
-    /// change nothing (the common case, one comparison).
-    fn note(&mut self, quorum: usize, device: i32, time: i64) {
+    /// change nothing (the common case, a few comparisons). Whether anything changed.
+    fn note(&mut self, quorum: usize, device: i32, time: i64) -> bool {
         let full = self.entries.len() >= quorum;
         if full && self.entries.iter().all(|&(_, t)| time <= t) {
-            return;
+            return false;
         }
         if let Some(entry) = self.entries.iter_mut().find(|(d, _)| *d == device) {
             entry.1 = entry.1.max(time);
@@ -72,6 +76,7 @@ impl NewestDevices {
         } else if let Some(oldest) = self.entries.iter_mut().min_by_key(|(_, t)| *t) {
             *oldest = (device, time);
         }
+        true
     }
 }
 
@@ -91,6 +96,22 @@ impl PartitionClock {
             .get(quorum.saturating_sub(1))
             .or(times.last())
             .copied();
+    }
+}
+
+/// One partition's clock while a message's accepted readings are taken in.
+pub struct PartitionNotes<'w> {
+    clock: &'w mut PartitionClock,
+    quorum: usize,
+}
+
+impl PartitionNotes<'_> {
+    /// Takes an accepted reading into the partition's front (at the end of the message).
+    pub fn note(&mut self, device: i32, time: i64) {
+        self.clock.readings += 1;
+        if self.clock.current.note(self.quorum, device, time) {
+            self.clock.changed = true;
+        }
     }
 }
 
@@ -125,10 +146,16 @@ impl Watermark {
     /// Takes an accepted reading of `partition` into its front (applied at the end of the
     /// message, by [`Self::end_message`]).
     pub fn note(&mut self, partition: usize, device: i32, time: i64) {
+        self.notes(partition).note(device, time);
+    }
+
+    /// For taking a message's accepted readings of `partition` one by one.
+    pub fn notes(&mut self, partition: usize) -> PartitionNotes<'_> {
         let quorum = self.quorum as usize;
-        let clock = self.clock(partition);
-        clock.readings += 1;
-        clock.current.note(quorum, device, time);
+        PartitionNotes {
+            clock: self.clock(partition),
+            quorum,
+        }
     }
 
     /// A whole message of `partition` has been applied: its front and the watermark move,
@@ -138,10 +165,14 @@ impl Watermark {
         let quorum = self.quorum as usize;
         let clock = self.clock(partition);
         clock.idle = false;
-        clock.recompute_front(quorum);
         if clock.readings >= GENERATION_READINGS {
             clock.previous = std::mem::take(&mut clock.current);
             clock.readings = 0;
+            clock.changed = true;
+        }
+        if clock.changed {
+            clock.recompute_front(quorum);
+            clock.changed = false;
         }
         self.advance();
     }

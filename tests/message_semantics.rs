@@ -1,4 +1,4 @@
-//! Properties of the per-message rules (DESIGN §3) over adversarial streams: backlogs that
+//! Properties of the per-message rules (contract §3) over adversarial streams: backlogs that
 //! arrive after the watermark passed them, readings far behind or ahead of the fleet, two
 //! partitions, epochs cut anywhere.
 //!

@@ -1,4 +1,4 @@
-//! Property tests of the delta semantics (DESIGN §3): for input whose disorder stays within the
+//! Property tests of the delta semantics (contract §3): for input whose disorder stays within the
 //! allowed lateness, rows do not depend on batching, order or epoch cuts, and equal "sort each
 //! device's readings by time and take consecutive differences".
 

@@ -1,4 +1,4 @@
-"""DESIGN §3 per device, as Spark's stateful function (`applyInPandasWithState`).
+"""contract §3 per device, as Spark's stateful function (`applyInPandasWithState`).
 
 The per-device rules are meterflow's `deltas.rs`: readings wait in a time-ordered buffer until
 the watermark passes them, then become rows with duration and delta computed in f64 and rounded

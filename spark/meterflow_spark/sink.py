@@ -1,4 +1,4 @@
-"""Writing a micro-batch's rows and dead letters in meterflow's layout (DESIGN §5).
+"""Writing a micro-batch's rows and dead letters in meterflow's layout (contract §5).
 
 Spark's own Parquet writer marks every column nullable, so it cannot give the contract's
 REQUIRED columns; the files are written with pyarrow from the executors instead, with the exact

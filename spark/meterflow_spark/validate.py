@@ -1,4 +1,4 @@
-"""DESIGN §2 in Python: one input message (bytes) into valid readings and dead letters.
+"""contract §2 in Python: one input message (bytes) into valid readings and dead letters.
 
 A port of meterflow's `reading.rs`/`timestamp.rs` rules, reason codes and their order, so the
 Spark job refuses exactly what `meterflow transform` refuses. Python's `json` parses numbers
@@ -130,7 +130,7 @@ def _describe(field: str, value, present: bool, expected: str) -> str:
 
 
 def validate_reading(element, index: int, latest_time_us: int) -> Reading:
-    """DESIGN §2's table in order: the first failing rule gives the reason."""
+    """contract §2's table in order: the first failing rule gives the reason."""
     if not isinstance(element, dict):
         kind = "an array" if isinstance(element, list) else json.dumps(element)
         raise Refused("invalid_reading", f"measurement is {kind}, not an object")

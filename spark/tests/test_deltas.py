@@ -1,4 +1,4 @@
-"""DESIGN §3 per device in the Spark job's state logic."""
+"""contract §3 per device in the Spark job's state logic."""
 
 from meterflow_spark.deltas import Device, f32
 from meterflow_spark.validate import parse_time_us

@@ -1,4 +1,4 @@
-"""DESIGN §2 rules of the Spark job's decoder, one per reason code and time form."""
+"""contract §2 rules of the Spark job's decoder, one per reason code and time form."""
 
 import json
 

@@ -1,4 +1,4 @@
-//! The per-device delta state machine (DESIGN §3): pure, no I/O and no clock.
+//! The per-device delta state machine (contract §3): pure, no I/O and no clock.
 //!
 //! Accepted readings wait in a small per-device buffer until the watermark passes them, then
 //! are emitted in time order against the device's last emitted reading. Emission is lazy, and
@@ -105,6 +105,9 @@ enum Judged {
     Refused(Outcome),
 }
 
+/// A reading's slot in the catch-up pass when its device is not in the state yet.
+const NEW_DEVICE: u32 = u32::MAX;
+
 /// Waiting readings a single insertion may shift; beyond that it is deferred.
 const MAX_SHIFT: usize = 32;
 
@@ -196,24 +199,41 @@ impl Deltas {
         &mut self,
         partition: usize,
         readings: I,
-        mut rejected: impl FnMut(&Offer<'n>, Outcome),
+        rejected: impl FnMut(&Offer<'n>, Outcome),
     ) where
         I: IntoIterator<Item = Offer<'n>>,
         I::IntoIter: Clone,
     {
+        let readings = readings.into_iter();
+        let device_ids = readings.clone().map(|offer| offer.device_id);
+        self.apply_message_of(partition, device_ids, readings, rejected);
+    }
+
+    /// [`Self::apply_message`] with the readings' device ids given apart (the same ids, in
+    /// the same order), so the catch-up pass does not build each offer twice.
+    pub fn apply_message_of<'n>(
+        &mut self,
+        partition: usize,
+        device_ids: impl Iterator<Item = i32>,
+        readings: impl Iterator<Item = Offer<'n>>,
+        mut rejected: impl FnMut(&Offer<'n>, Outcome),
+    ) {
         if self.emitted.capacity() == 0 {
             // With room, as emission lags the readings an epoch counts.
             self.emitted
                 .reserve(self.last_epoch_rows + self.last_epoch_rows / 4);
         }
-        let readings = readings.into_iter();
         let watermark = self.watermark.current();
+        let horizon = self.ttl_horizon();
         let mut slots = std::mem::take(&mut self.message_slots);
         slots.clear();
-        let horizon = self.ttl_horizon();
         let mut previous = None;
-        for offer in readings.clone() {
-            let slot = self.slot_of(&offer);
+        for device_id in device_ids {
+            let Some(&slot) = self.slots.get(&device_id) else {
+                // New to the state: nothing to catch up; added when its reading is judged.
+                slots.push(NEW_DEVICE);
+                continue;
+            };
             if previous != Some(slot) {
                 let device = &mut self.devices[slot as usize];
                 device.emit_until(slot, watermark, &mut self.emitted, &mut self.counters);
@@ -231,9 +251,20 @@ impl Deltas {
         // backlog sent newest first) are put in place together after the message, so a
         // message costs O(n log n), not a shift of the list per reading.
         let mut deferred: Vec<(u32, Pending, Offer<'n>)> = Vec::new();
+        let mut notes = self.watermark.notes(partition);
+        let mut state = Judge {
+            slots: &mut self.slots,
+            devices: &mut self.devices,
+            names: &mut self.names,
+        };
         for (offer, &slot) in readings.zip(&slots) {
-            match self.judge(&offer, slot, horizon) {
-                Judged::Accepted => self.watermark.note(partition, offer.device_id, offer.time),
+            let slot = if slot == NEW_DEVICE {
+                state.slot_of(&offer)
+            } else {
+                slot
+            };
+            match state.judge(&offer, slot, horizon) {
+                Judged::Accepted => notes.note(offer.device_id, offer.time),
                 Judged::Deferred(pending) => deferred.push((slot, pending, offer)),
                 Judged::Refused(outcome) => rejected(&offer, outcome),
             }
@@ -288,59 +319,6 @@ impl Deltas {
             tail.extend(waiting);
             device.pending.extend(tail);
             start = end;
-        }
-    }
-
-    /// The device's slot, adding the device if it is new.
-    fn slot_of(&mut self, offer: &Offer<'_>) -> u32 {
-        let next_slot = self.devices.len() as u32;
-        let slot = *self.slots.entry(offer.device_id).or_insert(next_slot);
-        if slot == next_slot {
-            let name = self.names.add(offer.device_name);
-            self.devices.push(Device {
-                device_id: offer.device_id,
-                name,
-                last_time: NEVER,
-                last_energy: 0.0,
-                pending: SmallVec::new(),
-            });
-        }
-        slot
-    }
-
-    /// Accepts a reading into its device's waiting readings, or says why not. `horizon` is
-    /// the state TTL's (the previous watermark minus the TTL), `i64::MIN` without one.
-    fn judge(&mut self, offer: &Offer<'_>, slot: u32, horizon: i64) -> Judged {
-        let device = &mut self.devices[slot as usize];
-        if device.last_time == NEVER && offer.time < horizon {
-            return Judged::Refused(Outcome::BeyondTtl { horizon });
-        }
-        if device.last_time != NEVER && offer.time <= device.last_time {
-            return Judged::Refused(if offer.time < device.last_time {
-                Outcome::Late {
-                    last_emitted: device.last_time,
-                }
-            } else {
-                same_time(device.last_energy, offer.cumulative_energy)
-            });
-        }
-        match device.pending.binary_search_by_key(&offer.time, |p| p.time) {
-            Ok(i) => Judged::Refused(same_time(device.pending[i].energy, offer.cumulative_energy)),
-            Err(i) => {
-                if self.names.bytes(device.name) != offer.device_name.as_bytes() {
-                    device.name = self.names.rename(offer.device_name);
-                }
-                let pending = Pending {
-                    time: offer.time,
-                    energy: offer.cumulative_energy,
-                    name: device.name,
-                };
-                if device.pending.len() - i > MAX_SHIFT {
-                    return Judged::Deferred(pending);
-                }
-                device.pending.insert(i, pending);
-                Judged::Accepted
-            }
         }
     }
 
@@ -545,6 +523,70 @@ impl Deltas {
     pub fn counters(&self) -> DeltaCounters {
         self.counters
     }
+}
+
+/// The parts of the state a reading is judged against, borrowed apart from the watermark so
+/// the watermark can take each accepted reading in the same pass.
+struct Judge<'s> {
+    slots: &'s mut DeviceMap<u32>,
+    devices: &'s mut Vec<Device>,
+    names: &'s mut Names,
+}
+
+impl Judge<'_> {
+    /// The device's slot, adding the device if it is new.
+    fn slot_of(&mut self, offer: &Offer<'_>) -> u32 {
+        let next_slot = self.devices.len() as u32;
+        let slot = *self.slots.entry(offer.device_id).or_insert(next_slot);
+        if slot == next_slot {
+            let name = self.names.add(offer.device_name);
+            self.devices.push(Device {
+                device_id: offer.device_id,
+                name,
+                last_time: NEVER,
+                last_energy: 0.0,
+                pending: SmallVec::new(),
+            });
+        }
+        slot
+    }
+
+    /// Accepts a reading into its device's waiting readings, or says why not. `horizon` is
+    /// the state TTL's (the previous watermark minus the TTL), `i64::MIN` without one.
+    fn judge(&mut self, offer: &Offer<'_>, slot: u32, horizon: i64) -> Judged {
+        let device = &mut self.devices[slot as usize];
+        if device.last_time == NEVER && offer.time < horizon {
+            return Judged::Refused(Outcome::BeyondTtl { horizon });
+        }
+        if device.last_time != NEVER && offer.time <= device.last_time {
+            return Judged::Refused(if offer.time < device.last_time {
+                Outcome::Late {
+                    last_emitted: device.last_time,
+                }
+            } else {
+                same_time(device.last_energy, offer.cumulative_energy)
+            });
+        }
+        match device.pending.binary_search_by_key(&offer.time, |p| p.time) {
+            Ok(i) => Judged::Refused(same_time(device.pending[i].energy, offer.cumulative_energy)),
+            Err(i) => {
+                if self.names.bytes(device.name) != offer.device_name.as_bytes() {
+                    device.name = self.names.rename(offer.device_name);
+                }
+                let pending = Pending {
+                    time: offer.time,
+                    energy: offer.cumulative_energy,
+                    name: device.name,
+                };
+                if device.pending.len() - i > MAX_SHIFT {
+                    return Judged::Deferred(pending);
+                }
+                device.pending.insert(i, pending);
+                Judged::Accepted
+            }
+        }
+    }
+
 }
 
 /// Saved state that cannot be encoded or read back.

@@ -25,7 +25,7 @@ pub fn meterflow() -> std::process::Command {
     std::process::Command::cargo_bin("meterflow").expect("the meterflow binary is built")
 }
 
-/// The Parquet schema exactly as DESIGN §1 states it: names, physical and logical types,
+/// The Parquet schema exactly as contract §1 states it: names, physical and logical types,
 /// repetition (read with the parquet crate, not with meterflow's own reader).
 pub fn assert_exact_schema(bytes: bytes::Bytes) {
     use parquet::basic::{LogicalType, Repetition, TimeUnit, Type};
