@@ -586,7 +586,6 @@ impl Judge<'_> {
             }
         }
     }
-
 }
 
 /// Saved state that cannot be encoded or read back.
