@@ -1,6 +1,6 @@
 //! The `meterflow` binary end to end: transform with bad lines, generate, inspect, exit codes.
 
-use std::path::Path;
+mod support;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -16,18 +16,6 @@ this line is not json
 {"measurements": [{"device_id": "7", "device_name": "x", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 1}, {"device_id": 7, "device_name": "Seven", "time": "2022-07-11T10:15:00+08:00", "cumulative_energy": 1}]}
 {"measurements": [{"device_id": 7, "device_name": "Seven", "time": "2022-07-12T00:00:00Z", "cumulative_energy": 0.5}, {"device_id": 7, "device_name": "Seven", "time": "2022-07-12T00:00:00Z", "cumulative_energy": 0.5}]}
 "#;
-
-fn read_dead_letters(dir: &Path) -> Vec<serde_json::Value> {
-    let mut letters = Vec::new();
-    for entry in std::fs::read_dir(dir.join("_dead_letter")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        letters.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
-    }
-    letters
-}
 
 #[test]
 fn transform_writes_rows_and_dead_letters_and_exits_zero() {
@@ -54,7 +42,7 @@ fn transform_writes_rows_and_dead_letters_and_exits_zero() {
         .join("date=2022-07-12/part-00000000-0000.parquet")
         .is_file());
 
-    let letters = read_dead_letters(&output);
+    let letters = support::local_dead_letters(&output);
     let mut got: Vec<(String, u64, serde_json::Value)> = letters
         .iter()
         .map(|l| {

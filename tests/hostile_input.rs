@@ -15,20 +15,16 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float32Type, Int32Type, TimestampMicrosecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use support::Row;
 
 const HOSTILE_MESSAGES: usize = 100_000;
 const FLEET_START: &str = "2022-07-11T00:00:00Z";
 const PROCESSING_TIME: &str = "2022-07-11T12:00:00Z";
 /// Hostile device ids: far from the fleet's (from 1,000,000 up).
 const HOSTILE_IDS: std::ops::Range<i32> = 2_000_000_000..2_000_100_000;
-
-/// A row read back: (device_id, name, time µs, duration bits, delta bits).
-type Row = (i32, String, i64, Option<u32>, Option<u32>);
 
 fn element(rng: &mut ChaCha8Rng, valid: bool) -> String {
     let id = rng.random_range(HOSTILE_IDS);
@@ -193,8 +189,9 @@ fn transform(input: &Path, output: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Every row of the Parquet files under `dir`, sorted.
 fn rows(dir: &Path) -> Vec<Row> {
-    let mut rows = Vec::new();
+    let mut batches = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
         for entry in std::fs::read_dir(&path).unwrap() {
@@ -203,50 +200,12 @@ fn rows(dir: &Path) -> Vec<Row> {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "parquet") {
                 let file = std::fs::File::open(&path).unwrap();
-                for batch in ParquetRecordBatchReaderBuilder::try_new(file)
-                    .unwrap()
-                    .build()
-                    .unwrap()
-                {
-                    let batch = batch.unwrap();
-                    let id = batch.column(0).as_primitive::<Int32Type>();
-                    let name = batch.column(1).as_string::<i32>();
-                    let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
-                    let duration = batch.column(3).as_primitive::<Float32Type>();
-                    let delta = batch.column(4).as_primitive::<Float32Type>();
-                    for i in 0..batch.num_rows() {
-                        let bits = |a: &arrow::array::Float32Array| {
-                            a.is_valid(i).then(|| a.value(i).to_bits())
-                        };
-                        rows.push((
-                            id.value(i),
-                            name.value(i).to_string(),
-                            time.value(i),
-                            bits(duration),
-                            bits(delta),
-                        ));
-                    }
-                }
+                let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+                batches.extend(reader.build().unwrap().map(Result::unwrap));
             }
         }
     }
-    rows.sort();
-    rows
-}
-
-fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
-    let mut letters = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("_dead_letter")) else {
-        return letters;
-    };
-    for entry in entries {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        letters.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
-    }
-    letters
+    support::rows(&batches)
 }
 
 #[test]
@@ -315,7 +274,7 @@ fn hostile_messages_cost_nothing_but_their_own_dead_letters() {
     let summary = transform(&mixed, &out);
     assert_eq!(summary["messages"], messages, "{summary:?}");
     assert_eq!(summary["readings"], readings, "{summary:?}");
-    let letters = dead_letters(&out);
+    let letters = support::local_dead_letters(&out);
     let with_index = letters.iter().filter(|l| !l["index"].is_null()).count() as u64;
     let without_index = letters.len() as u64 - with_index;
     assert_eq!(without_index, refused_whole);

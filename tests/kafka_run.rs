@@ -10,8 +10,6 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, Int32Type, TimestampMicrosecondType};
 use futures::{StreamExt, TryStreamExt};
 use meterflow::inspect::read_all;
 use meterflow::store::{self, Location, StoreOptions};
@@ -22,7 +20,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use support::{
-    assert_parquet_objects_exact, meterflow, objects, unique_name, KafkaBroker, S3Server,
+    assert_parquet_objects_exact, meterflow, objects, rows, unique_name, KafkaBroker, Row, S3Server,
 };
 
 const PARTITIONS: i32 = 3;
@@ -178,33 +176,6 @@ fn read_stderr(child: &mut Child) -> String {
         let _ = stderr.read_to_string(&mut text);
     }
     text
-}
-
-/// A row with floats as bits, so rows compare and sort exactly.
-type Row = (i32, String, i64, Option<u32>, Option<u32>);
-
-fn rows(batches: &[RecordBatch]) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for batch in batches {
-        let id = batch.column(0).as_primitive::<Int32Type>();
-        let name = batch.column(1).as_string::<i32>();
-        let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
-        let duration = batch.column(3).as_primitive::<Float32Type>();
-        let delta = batch.column(4).as_primitive::<Float32Type>();
-        for i in 0..batch.num_rows() {
-            let float =
-                |a: &arrow::array::Float32Array| (!a.is_null(i)).then(|| a.value(i).to_bits());
-            rows.push((
-                id.value(i),
-                name.value(i).to_string(),
-                time.value(i),
-                float(duration),
-                float(delta),
-            ));
-        }
-    }
-    rows.sort();
-    rows
 }
 
 /// Dead letters per reason under `location`'s `_dead_letter/`.

@@ -19,6 +19,53 @@ use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+/// A row with floats as bits, so rows compare and sort exactly: (device_id, device_name,
+/// time µs, duration bits, delta_energy bits).
+pub type Row = (i32, String, i64, Option<u32>, Option<u32>);
+
+/// The rows of record batches in the output schema, sorted.
+pub fn rows(batches: &[arrow::array::RecordBatch]) -> Vec<Row> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float32Type, Int32Type, TimestampMicrosecondType};
+    let mut rows = Vec::new();
+    for batch in batches {
+        let id = batch.column(0).as_primitive::<Int32Type>();
+        let name = batch.column(1).as_string::<i32>();
+        let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        let duration = batch.column(3).as_primitive::<Float32Type>();
+        let delta = batch.column(4).as_primitive::<Float32Type>();
+        for i in 0..batch.num_rows() {
+            let float =
+                |a: &arrow::array::Float32Array| (!a.is_null(i)).then(|| a.value(i).to_bits());
+            rows.push((
+                id.value(i),
+                name.value(i).to_string(),
+                time.value(i),
+                float(duration),
+                float(delta),
+            ));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Every dead letter under a local output directory's `_dead_letter/` (none if it is absent).
+pub fn local_dead_letters(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut letters = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("_dead_letter")) else {
+        return letters;
+    };
+    for entry in entries {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        letters.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    letters
+}
+
 /// The `meterflow` binary built for these tests.
 pub fn meterflow() -> std::process::Command {
     use assert_cmd::cargo::CommandCargoExt;
