@@ -123,23 +123,40 @@ pub fn format_micros(micros: i64) -> String {
     let (year, month, date) = civil_from_days(day);
     let seconds = in_day / 1_000_000;
     let fraction = in_day % 1_000_000;
-    let mut text = format!(
-        "{year:04}-{month:02}-{date:02}T{:02}:{:02}:{:02}",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    );
+    let mut text = Vec::with_capacity(27);
+    push_digits(&mut text, year as u64, 4);
+    text.push(b'-');
+    push_digits(&mut text, u64::from(month), 2);
+    text.push(b'-');
+    push_digits(&mut text, u64::from(date), 2);
+    text.push(b'T');
+    push_digits(&mut text, (seconds / 3600) as u64, 2);
+    text.push(b':');
+    push_digits(&mut text, (seconds / 60 % 60) as u64, 2);
+    text.push(b':');
+    push_digits(&mut text, (seconds % 60) as u64, 2);
     // As chrono's `SecondsFormat::AutoSi`: none, milliseconds or microseconds.
     if fraction != 0 {
-        use std::fmt::Write;
-        let _ = if fraction % 1000 == 0 {
-            write!(text, ".{:03}", fraction / 1000)
+        text.push(b'.');
+        if fraction % 1000 == 0 {
+            push_digits(&mut text, (fraction / 1000) as u64, 3);
         } else {
-            write!(text, ".{fraction:06}")
-        };
+            push_digits(&mut text, fraction as u64, 6);
+        }
     }
-    text.push('Z');
-    text
+    text.push(b'Z');
+    // Only ASCII digits and separators were written.
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(text: &mut Vec<u8>, mut value: u64, width: usize) {
+    let start = text.len();
+    text.resize(start + width, b'0');
+    for slot in text[start..].iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 fn format_micros_chrono(micros: i64) -> String {
