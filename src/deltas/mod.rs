@@ -410,12 +410,7 @@ impl Deltas {
         self.devices.retain(|d| !expired(d));
         self.counters.devices_evicted += evicted as u64;
         self.devices.shrink_to_fit();
-        self.slots = self
-            .devices
-            .iter()
-            .enumerate()
-            .map(|(slot, device)| (device.device_id, slot as u32))
-            .collect();
+        self.slots = slot_index(&self.devices);
         self.order = self
             .order
             .iter()
@@ -476,12 +471,7 @@ impl Deltas {
     /// quorum and TTL of `settings` apply from now on; the lateness is the saved one.
     pub fn decode_state(bytes: &[u8], settings: &StateSettings) -> Result<Self, StateError> {
         let state: State = postcard::from_bytes(bytes).map_err(StateError)?;
-        let slots = state
-            .devices
-            .iter()
-            .enumerate()
-            .map(|(slot, device)| (device.device_id, slot as u32))
-            .collect();
+        let slots = slot_index(&state.devices);
         let mut watermark = state.watermark;
         watermark.set_quorum(settings.watermark_quorum);
         let mut deltas = Deltas {
@@ -608,6 +598,15 @@ struct State {
     names: Names,
     watermark: Watermark,
     counters: DeltaCounters,
+}
+
+/// Device id → slot for devices stored in slot order.
+fn slot_index(devices: &[Device]) -> DeviceMap<u32> {
+    devices
+        .iter()
+        .enumerate()
+        .map(|(slot, device)| (device.device_id, slot as u32))
+        .collect()
 }
 
 /// A second reading for an already accepted (device, time).
