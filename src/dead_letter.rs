@@ -1,18 +1,28 @@
 //! Dead-letter records: one JSON line per refused record (contract §2).
 
-use serde::Serialize;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
 
 use crate::reason::Reason;
+use crate::timestamp::format_micros;
 
 /// Where a record came from, so an operator can find it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Origin {
     /// A line of an input file (1-based).
-    File { file: String, line: u64 },
+    /// Names are shared by all the dead letters of a source: a refusal costs no copy of them.
+    File {
+        #[serde(serialize_with = "shared_str")]
+        file: Arc<str>,
+        line: u64,
+    },
     /// A Kafka record.
     Kafka {
-        topic: String,
+        #[serde(serialize_with = "shared_str")]
+        topic: Arc<str>,
         partition: i32,
         offset: i64,
     },
@@ -24,21 +34,124 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {
     pub reason: Reason,
-    pub detail: String,
+    pub detail: Detail,
     pub source: Origin,
     /// Index of the element in `measurements`; null when the whole message was refused.
     pub index: Option<u32>,
     pub record: String,
 }
 
+/// Serializes a shared name as a string (serde's own impl needs its `rc` feature, which would
+/// rebuild every crate that depends on serde for one field).
+fn shared_str<S: Serializer>(text: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(text)
+}
+
+/// Why a record was refused, in words. Refusals decided by the state machine keep their
+/// numbers and are put into words only when written (on the writer's side of the pipeline), so
+/// a message refused in full costs no formatting while it is processed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detail {
+    /// Decided while decoding, already in words.
+    Text(String),
+    /// The device has emitted a newer reading already.
+    Late {
+        device_id: i32,
+        time: i64,
+        last_emitted: i64,
+    },
+    /// The device has an accepted reading at this time with another energy.
+    ConflictingDuplicate {
+        device_id: i32,
+        time: i64,
+        accepted_energy: f64,
+    },
+    /// The device was evicted by the state TTL and the reading is older than its horizon.
+    BeyondTtl {
+        device_id: i32,
+        time: i64,
+        horizon: i64,
+    },
+}
+
+impl fmt::Display for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Detail::Text(text) => f.write_str(text),
+            Detail::Late {
+                device_id,
+                time,
+                last_emitted,
+            } => write!(
+                f,
+                "device {device_id} already emitted a reading at {}, after {}",
+                format_micros(*last_emitted),
+                format_micros(*time)
+            ),
+            Detail::ConflictingDuplicate {
+                device_id,
+                time,
+                accepted_energy,
+            } => write!(
+                f,
+                "device {device_id} already has a reading at {} with cumulative_energy \
+                 {accepted_energy}",
+                format_micros(*time)
+            ),
+            Detail::BeyondTtl {
+                device_id,
+                time,
+                horizon,
+            } => write!(
+                f,
+                "device {device_id} has no state (state TTL) and {} is before the TTL horizon {}",
+                format_micros(*time),
+                format_micros(*horizon)
+            ),
+        }
+    }
+}
+
+impl From<String> for Detail {
+    fn from(text: String) -> Self {
+        Detail::Text(text)
+    }
+}
+
+impl From<&str> for Detail {
+    fn from(text: &str) -> Self {
+        Detail::Text(text.to_owned())
+    }
+}
+
+impl Serialize for Detail {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Detail::Text(text) => serializer.serialize_str(text),
+            other => serializer.collect_str(other),
+        }
+    }
+}
+
 impl DeadLetter {
     /// The JSON line, with its trailing newline.
     pub fn to_json_line(&self) -> String {
-        // Serializing these plain types cannot fail; an empty object keeps the file readable
-        // should it ever.
-        let mut line = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
-        line.push('\n');
-        line
+        let mut line = Vec::new();
+        self.write_json_line(&mut line);
+        // serde_json writes UTF-8 only.
+        String::from_utf8(line).unwrap_or_else(|_| "{}\n".into())
+    }
+
+    /// Appends the JSON line, with its trailing newline, to `out`.
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        // Serializing these plain types into memory cannot fail; an empty object keeps the
+        // file readable should it ever.
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(b"{}");
+        }
+        out.push(b'\n');
     }
 }
 
@@ -78,5 +191,43 @@ mod tests {
             serde_json::json!({"topic":"t","partition":2,"offset":9})
         );
         assert!(value["index"].is_null());
+    }
+
+    #[test]
+    fn state_details_are_written_in_words() {
+        let time = crate::timestamp::parse_micros("2022-07-10T01:00:00Z").unwrap();
+        let hour = 3_600_000_000;
+        let cases = [
+            (
+                Detail::Late {
+                    device_id: 1,
+                    time,
+                    last_emitted: time + hour,
+                },
+                "device 1 already emitted a reading at 2022-07-10T02:00:00Z, after \
+                 2022-07-10T01:00:00Z",
+            ),
+            (
+                Detail::ConflictingDuplicate {
+                    device_id: 2,
+                    time,
+                    accepted_energy: 1.5,
+                },
+                "device 2 already has a reading at 2022-07-10T01:00:00Z with cumulative_energy 1.5",
+            ),
+            (
+                Detail::BeyondTtl {
+                    device_id: 3,
+                    time,
+                    horizon: time + hour,
+                },
+                "device 3 has no state (state TTL) and 2022-07-10T01:00:00Z is before the TTL \
+                 horizon 2022-07-10T02:00:00Z",
+            ),
+        ];
+        for (detail, words) in cases {
+            assert_eq!(detail.to_string(), words);
+            assert_eq!(serde_json::to_value(&detail).unwrap(), words);
+        }
     }
 }

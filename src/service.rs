@@ -138,7 +138,8 @@ struct Record {
 
 /// One partition as the service tracks it.
 struct Partition {
-    topic: String,
+    /// Shared with the dead letters of the partition's records.
+    topic: Arc<str>,
     partition: i32,
     /// The next offset no epoch has taken yet.
     next_offset: Option<i64>,
@@ -216,7 +217,7 @@ pub fn run(
     for (topic, partition) in discovered {
         if !partitions
             .iter()
-            .any(|p| p.topic == topic && p.partition == partition)
+            .any(|p| *p.topic == *topic && p.partition == partition)
         {
             partitions.push(new_partition(&topic, partition, None, now));
         }
@@ -410,10 +411,9 @@ impl Service<'_> {
             None => Ok(false),
             Some(Ok(message)) => {
                 self.telemetry.readiness.set_kafka(true);
-                let index = self
-                    .partitions
-                    .iter()
-                    .position(|p| p.topic == message.topic() && p.partition == message.partition());
+                let index = self.partitions.iter().position(|p| {
+                    &*p.topic == message.topic() && p.partition == message.partition()
+                });
                 if let Some(index) = index {
                     let p = &mut self.partitions[index];
                     let offset = message.offset();
@@ -471,7 +471,7 @@ impl Service<'_> {
                     .map_or(p.next_offset.unwrap_or(0), |r| r.offset);
                 let end = p.buffered.back().map_or(start, |r| r.offset + 1);
                 PartitionRange {
-                    topic: p.topic.clone(),
+                    topic: p.topic.to_string(),
                     partition: p.partition,
                     start,
                     end,
@@ -543,7 +543,7 @@ impl Service<'_> {
             partitions: self
                 .partitions
                 .iter()
-                .map(|p| (p.topic.clone(), p.partition))
+                .map(|p| (p.topic.to_string(), p.partition))
                 .collect(),
             next_offsets: self
                 .partitions

@@ -193,10 +193,13 @@ impl ParquetSink {
         if letters.is_empty() {
             return None;
         }
-        let text: String = letters.iter().map(DeadLetter::to_json_line).collect();
+        let mut text = Vec::new();
+        for letter in letters {
+            letter.write_json_line(&mut text);
+        }
         Some(EncodedFile {
             relative: layout::dead_letter_file(epoch),
-            bytes: Bytes::from(text.into_bytes()),
+            bytes: Bytes::from(text),
             rows: letters.len(),
         })
     }
