@@ -9,10 +9,10 @@ resource "kubernetes_config_map_v1" "meterflow" {
     MF_KAFKA_BROKERS = local.kafka_brokers
     MF_TOPICS        = var.topic
     MF_GROUP         = "meterflow"
-    MF_OUTPUT        = "s3://${var.bucket}/readings"
+    MF_OUTPUT        = local.output_location
     MF_S3_ENDPOINT   = local.minio_endpoint
     AWS_REGION       = "us-east-1"
-    MF_METRICS_ADDR  = "0.0.0.0:9898"
+    MF_METRICS_ADDR  = "0.0.0.0:${local.metrics_port}"
     MF_LOG           = "info"
     MF_LOG_FORMAT    = "json"
   }
@@ -42,7 +42,7 @@ resource "kubernetes_deployment_v1" "meterflow" {
         labels = { app = "meterflow" }
         annotations = {
           "prometheus.io/scrape" = "true"
-          "prometheus.io/port"   = "9898"
+          "prometheus.io/port"   = tostring(local.metrics_port)
           "prometheus.io/path"   = "/metrics"
         }
       }
@@ -86,18 +86,18 @@ resource "kubernetes_deployment_v1" "meterflow" {
           }
           port {
             name           = "metrics"
-            container_port = 9898
+            container_port = local.metrics_port
           }
           liveness_probe {
             http_get {
               path = "/healthz"
-              port = 9898
+              port = local.metrics_port
             }
           }
           readiness_probe {
             http_get {
               path = "/readyz"
-              port = 9898
+              port = local.metrics_port
             }
           }
           resources {
@@ -127,8 +127,8 @@ resource "kubernetes_service_v1" "meterflow_metrics" {
     selector = { app = "meterflow" }
     port {
       name        = "metrics"
-      port        = 9898
-      target_port = 9898
+      port        = local.metrics_port
+      target_port = local.metrics_port
     }
   }
 }

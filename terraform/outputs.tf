@@ -1,5 +1,6 @@
 output "namespace" {
-  value = local.namespace
+  description = "Namespace holding every resource of the bundle"
+  value       = local.namespace
 }
 
 output "kafka_brokers" {
@@ -13,7 +14,8 @@ output "s3_endpoint" {
 }
 
 output "output_location" {
-  value = "s3://${var.bucket}/readings"
+  description = "Where meterflow writes its Parquet, as SQL engines and `meterflow query` read it"
+  value       = local.output_location
 }
 
 output "reach" {
@@ -22,7 +24,7 @@ output "reach" {
     minio_s3      = "kubectl -n ${local.namespace} port-forward svc/${local.minio_service} 9000:9000"
     minio_console = "kubectl -n ${local.namespace} port-forward svc/${local.minio_service} 9001:9001"
     kafka         = "kubectl -n ${local.namespace} port-forward svc/${local.kafka_service} 9092:9092"
-    metrics       = "kubectl -n ${local.namespace} port-forward svc/meterflow-metrics 9898:9898"
+    metrics       = "kubectl -n ${local.namespace} port-forward svc/meterflow-metrics ${local.metrics_port}:${local.metrics_port}"
     spark_ui      = "kubectl -n ${local.namespace} port-forward svc/${local.spark_service} 8080:8080"
     trino         = "kubectl -n ${local.namespace} port-forward svc/trino 8081:8080"
   }
