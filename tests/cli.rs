@@ -2,15 +2,15 @@
 
 mod support;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
+use support::{meterflow_assert as meterflow, SEED_MESSAGE};
 
-fn meterflow() -> Command {
-    Command::cargo_bin("meterflow").expect("binary is built")
+/// The seed message, then one line of each kind of refusal.
+fn input_text() -> String {
+    format!("{SEED_MESSAGE}\n{REST}")
 }
 
-const INPUT: &str = r#"{"measurements": [{"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 120.12}, {"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:20:00Z", "cumulative_energy": 122.45}]}
-this line is not json
+const REST: &str = r#"this line is not json
 
 {"readings": []}
 {"measurements": [{"device_id": "7", "device_name": "x", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 1}, {"device_id": 7, "device_name": "Seven", "time": "2022-07-11T10:15:00+08:00", "cumulative_energy": 1}]}
@@ -21,7 +21,7 @@ this line is not json
 fn transform_writes_rows_and_dead_letters_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, INPUT).unwrap();
+    std::fs::write(&input, input_text()).unwrap();
     let output = dir.path().join("out");
 
     meterflow()
@@ -92,7 +92,7 @@ fn transform_writes_rows_and_dead_letters_and_exits_zero() {
 fn existing_output_needs_overwrite_and_unreadable_input_fails() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, INPUT).unwrap();
+    std::fs::write(&input, input_text()).unwrap();
     let output = dir.path().join("out");
     let run = |extra: &[&str]| {
         let mut command = meterflow();
@@ -157,7 +157,7 @@ fn stdin_input_and_gzip_generate_round_trip() {
     meterflow()
         .args(["transform", "--input", "-", "--output"])
         .arg(&piped)
-        .write_stdin(INPUT)
+        .write_stdin(input_text())
         .assert()
         .success()
         .stderr(predicate::str::contains("rows                           4"));
@@ -189,13 +189,47 @@ fn invalid_times_in_flags_are_named() {
 }
 
 #[test]
+fn an_invalid_log_filter_is_an_error_not_a_silent_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out");
+    meterflow()
+        .args([
+            "--log",
+            "meterflow=loud",
+            "transform",
+            "--input",
+            "-",
+            "--output",
+        ])
+        .arg(&output)
+        .write_stdin(input_text())
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--log").and(predicate::str::contains("meterflow=loud")));
+    assert!(!output.exists(), "nothing ran");
+    meterflow()
+        .args([
+            "generate",
+            "--devices",
+            "1",
+            "--hours",
+            "1",
+            "--output",
+            "-",
+        ])
+        .env("MF_LOG", "info,[unclosed")
+        .assert()
+        .failure();
+}
+
+#[test]
 fn json_logs_are_one_object_per_line_for_log_collectors() {
     let dir = tempfile::tempdir().unwrap();
     let output = meterflow()
         .args(["--log", "info", "--log-format", "json", "transform"])
         .args(["--input", "-", "--output"])
         .arg(dir.path().join("out"))
-        .write_stdin(INPUT)
+        .write_stdin(input_text())
         .output()
         .unwrap();
     assert!(output.status.success());

@@ -1,24 +1,26 @@
 //! `meterflow query` end to end: the output as table `readings` with its `date` partition
 //! column, the three formats, pruning by date, and a missing location.
 
+mod support;
+
 use std::path::Path;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
+use support::{meterflow_assert as meterflow, SEED_MESSAGE};
 
-const INPUT: &str = r#"{"measurements": [{"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 120.12}, {"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:20:00Z", "cumulative_energy": 122.45}]}
-{"measurements": [{"device_id": 7, "device_name": "Seven", "time": "2022-07-12T00:00:00Z", "cumulative_energy": 0.5}]}
-"#;
-
-fn meterflow() -> Command {
-    Command::cargo_bin("meterflow").expect("binary is built")
+/// The seed message and one reading of a second day.
+fn input_text() -> String {
+    format!("{SEED_MESSAGE}\n{REST}")
 }
 
-/// A transform output of [`INPUT`] in a fresh directory.
+const REST: &str = r#"{"measurements": [{"device_id": 7, "device_name": "Seven", "time": "2022-07-12T00:00:00Z", "cumulative_energy": 0.5}]}
+"#;
+
+/// A transform output of [`input_text`] in a fresh directory.
 fn output() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, INPUT).unwrap();
+    std::fs::write(&input, input_text()).unwrap();
     meterflow()
         .args(["transform", "--input"])
         .arg(&input)

@@ -20,22 +20,20 @@ use support::{assert_parquet_objects_exact, meterflow, S3Server};
 
 /// A fleet of `devices` with faults of every kind, so rows and dead letters are both written.
 fn generate(dir: &FsPath, devices: u32) -> std::path::PathBuf {
-    let input = dir.join("in.jsonl");
-    let status = meterflow()
-        .args([
-            "generate",
-            "--devices",
-            &devices.to_string(),
+    support::generate(
+        dir,
+        "in.jsonl",
+        devices,
+        &[
             "--hours",
             "20",
-        ])
-        .args(["--seed", "11"])
-        .args(["--fault-rate", "0.01", "--with-seed-example", "--output"])
-        .arg(&input)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    input
+            "--seed",
+            "11",
+            "--fault-rate",
+            "0.01",
+            "--with-seed-example",
+        ],
+    )
 }
 
 fn transform(input: &FsPath, output: &str, env: &[(&str, String)]) -> Output {

@@ -72,6 +72,33 @@ pub fn meterflow() -> std::process::Command {
     std::process::Command::cargo_bin("meterflow").expect("the meterflow binary is built")
 }
 
+/// The same binary, for `assert_cmd`'s assertions on exit status and output.
+pub fn meterflow_assert() -> assert_cmd::Command {
+    assert_cmd::Command::from_std(meterflow())
+}
+
+/// The README's seed message (two readings of device 123456), as one JSON line.
+pub const SEED_MESSAGE: &str = meterflow::cli::SEED_EXAMPLE;
+
+/// `meterflow generate --devices N` with `args`, into `dir/name`; panics unless it succeeds.
+pub fn generate(
+    dir: &std::path::Path,
+    name: &str,
+    devices: u32,
+    args: &[&str],
+) -> std::path::PathBuf {
+    let input = dir.join(name);
+    let status = meterflow()
+        .args(["generate", "--devices", &devices.to_string()])
+        .args(args)
+        .arg("--output")
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success(), "meterflow generate {args:?}");
+    input
+}
+
 /// The Parquet schema exactly as contract §1 states it: names, physical and logical types,
 /// repetition (read with the parquet crate, not with meterflow's own reader).
 pub fn assert_exact_schema(bytes: bytes::Bytes) {
@@ -409,7 +436,7 @@ impl KafkaBroker {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free local port")
