@@ -91,7 +91,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `meterflow=debug`.
-    #[arg(long, global = true, env = "MF_LOG", default_value = "warn")]
+    #[arg(long, global = true, env = "MF_LOG", default_value = "warn", value_parser = parse_log_filter)]
     pub log: String,
     /// Log format: `text` for terminals, `json` (one object per line) for log collectors.
     #[arg(
@@ -102,6 +102,14 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+}
+
+/// A filter that does not parse is an error at start-up: falling back to another level would
+/// hide the very logs that were asked for.
+fn parse_log_filter(filter: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| filter.to_owned())
+        .map_err(|error| format!("not a tracing filter ({error})"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -239,7 +247,7 @@ pub struct S3Args {
     #[arg(long, env = "MF_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
     /// Retries of a failed S3 request.
-    #[arg(long, env = "MF_S3_MAX_RETRIES", default_value_t = 3)]
+    #[arg(long, env = "MF_S3_MAX_RETRIES", default_value_t = StoreOptions::DEFAULT_MAX_RETRIES)]
     pub s3_max_retries: usize,
     /// Give up retrying one S3 request after this long.
     #[arg(long, env = "MF_S3_RETRY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]

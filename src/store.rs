@@ -34,7 +34,7 @@ pub enum StoreError {
 }
 
 /// S3 settings that are not in the location itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Endpoint of an S3-compatible server such as MinIO; path-style requests are used then.
     pub s3_endpoint: Option<String>,
@@ -42,6 +42,24 @@ pub struct StoreOptions {
     pub max_retries: usize,
     /// Upper bound on the time spent retrying one request.
     pub retry_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// Retries of a failed request by default (the `--s3-max-retries` default too).
+    pub const DEFAULT_MAX_RETRIES: usize = 3;
+    /// Time spent retrying one request by default (`--s3-retry-timeout`).
+    pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+/// The same defaults as the flags: a transient S3 error is retried, not fatal.
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            s3_endpoint: None,
+            max_retries: Self::DEFAULT_MAX_RETRIES,
+            retry_timeout: Self::DEFAULT_RETRY_TIMEOUT,
+        }
+    }
 }
 
 /// An opened location: the store and the prefix inside it that meterflow owns.
