@@ -5,6 +5,8 @@
 //! (the durable state: baseline, name, index). It also reports the figure while the two
 //! readings still wait within the allowed lateness (pending buffers included).
 //! Run with `cargo bench --bench state_memory`.
+// A global allocator is unsafe to implement; this one only forwards to the system's.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -147,6 +147,7 @@ enum BlockText {
 }
 
 impl BlockText {
+    #[allow(unsafe_code)] // The crate's one exception to `unsafe_code = "deny"`.
     fn new(bytes: Vec<u8>) -> Self {
         if simdutf8::basic::from_utf8(&bytes).is_err() {
             return BlockText::Bytes(bytes);
