@@ -16,14 +16,18 @@ use std::time::{Duration, Instant};
 
 use object_store::memory::InMemory;
 
-use meterflow::dead_letter::Origin;
 use meterflow::deltas::StateSettings;
 use meterflow::pipeline::EpochContent;
 use meterflow::pipeline::{PipelineOptions, Processor};
 use meterflow::reading::{DecodedBlock, Limits};
+use meterflow::sink::dead_letter::Origin;
+use meterflow::sink::store::Location;
 use meterflow::sink::{ParquetSink, SinkOptions};
-use meterflow::store::Location;
 use meterflow::timestamp::{format_micros, parse_micros, MICROS_PER_DAY, MICROS_PER_MINUTE};
+
+/// The binary's allocator, so the figures are the binary's (a dead letter allocates).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const STATE_DEVICES: i32 = 1_000_000;
 const MESSAGE_READINGS: i64 = 100_000;

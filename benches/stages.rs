@@ -8,8 +8,8 @@ use meterflow::deltas::Deltas;
 use meterflow::generate::{generate, GenerateOptions};
 use meterflow::pipeline::offers;
 use meterflow::reading::{DecodedBlock, Limits};
+use meterflow::sink::store::{self, StoreOptions};
 use meterflow::sink::{ParquetSink, SinkOptions};
-use meterflow::store::{self, StoreOptions};
 use meterflow::timestamp::{parse_micros, MICROS_PER_MINUTE};
 
 /// A deterministic fleet: 2,000 devices for 4 hours at 5-minute intervals (96,000 readings).
@@ -23,7 +23,7 @@ fn fleet() -> (Vec<u8>, u64) {
         fault_rate: 0.0,
         duplicate_rate: 0.0,
         start: parse_micros("2022-07-11T00:00:00Z").expect("valid start"),
-        devices_per_message: 8,
+        devices_per_message: std::num::NonZeroU32::new(8).expect("non-zero"),
     };
     let mut bytes = Vec::new();
     let stats = generate(&options, &mut bytes).expect("generate into memory");

@@ -47,7 +47,7 @@ EXPECTED_OUTPUTS = {"namespace", "kafka_brokers", "s3_endpoint", "output_locatio
 SENSITIVE_VARIABLES = {"minio_root_user", "minio_root_password"}
 # Read by object_store's S3 builder (and Spark's S3A credentials provider), not by clap.
 AWS_SETTINGS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL"}
-# The routes src/telemetry.rs serves.
+# The routes src/run/telemetry.rs serves.
 METERFLOW_PATHS = {"/metrics", "/healthz", "/readyz"}
 WORKLOADS = ("kubernetes_deployment_v1", "kubernetes_stateful_set_v1", "kubernetes_job_v1")
 OPTIONS = SerializationOptions(

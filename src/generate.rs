@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::num::NonZeroU32;
 
 use chrono::{DateTime, Datelike, Timelike};
 use rand::{Rng, SeedableRng};
@@ -35,7 +36,7 @@ pub struct GenerateOptions {
     /// Time of the first interval, UTC µs.
     pub start: i64,
     /// Devices behind one gateway, i.e. per message.
-    pub devices_per_message: u32,
+    pub devices_per_message: NonZeroU32,
 }
 
 /// What was generated.
@@ -96,7 +97,7 @@ pub fn generate(options: &GenerateOptions, out: &mut impl Write) -> io::Result<G
     let mut meters: Vec<Meter> = (0..options.devices)
         .map(|i| new_meter(i, &mut rng))
         .collect();
-    let per_message = options.devices_per_message.max(1) as usize;
+    let per_message = options.devices_per_message.get() as usize;
     let batching: Vec<u64> = meters
         .chunks(per_message)
         .map(|_| [1, 1, 1, 2, 3][rng.random_range(0..5)])
@@ -336,6 +337,10 @@ fn format_time(micros: i64, style: TimeStyle) -> String {
     text
 }
 
+/// The README's seed example (device 123456, two readings), appended by
+/// `generate --with-seed-example` and the demo so its rows can be shown.
+pub const SEED_EXAMPLE: &str = r#"{"measurements": [{"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:15:00Z", "cumulative_energy": 120.12}, {"device_id": 123456, "device_name": "Test Device", "time": "2022-07-11T02:20:00Z", "cumulative_energy": 122.45}]}"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +356,7 @@ mod tests {
             fault_rate: 0.05,
             duplicate_rate: 0.05,
             start: parse_micros("2022-07-11T00:00:00Z").unwrap(),
-            devices_per_message: 4,
+            devices_per_message: NonZeroU32::new(4).unwrap(),
         }
     }
 

@@ -8,8 +8,8 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::schema::printer::print_schema;
 
-use crate::layout::DEAD_LETTER_DIR;
-use crate::store::Location;
+use crate::sink::layout::DEAD_LETTER_DIR;
+use crate::sink::store::Location;
 
 /// Errors reading output back.
 #[derive(Debug, thiserror::Error)]

@@ -11,39 +11,35 @@
 //! Data flows top to bottom:
 //!
 //! - [`source`]: JSON-lines files (plain, gzip, zstd) or stdin, cut into blocks of whole lines.
-//! - [`reading`]: one message → validated [`reading::Reading`]s and rejections (contract §2),
-//!   with [`timestamp`] parsing event times and [`reason`] naming the rejections.
-//! - [`deltas`]: the pure per-device state machine (contract §3), driven by a [`watermark`].
-//! - [`pipeline`]: the loop that applies messages in order and cuts epochs.
-//! - [`batch`]: the exact Arrow schema and rows → record batches.
-//! - [`sink`]: Parquet encoding and upload, named by [`layout`], into a [`store`] location;
-//!   refused records go out as [`dead_letter`]s.
+//! - [`reading`]: one message → validated [`reading::Reading`]s and rejections (contract §2):
+//!   the fast scanner, the serde paths, validation and the [`reading::reason`] codes, with
+//!   [`timestamp`] parsing event times.
+//! - [`deltas`]: the pure per-device state machine (contract §3) with its
+//!   [`deltas::watermark`], device names and the layout of an epoch's rows.
+//! - [`pipeline`]: applies messages in order and cuts epochs (file mode's threads too).
+//! - [`sink`]: the exact [`sink::schema`], Parquet encoding and upload into a [`sink::store`]
+//!   location, object names ([`sink::layout`]) and [`sink::dead_letter`] records.
+//! - [`run`]: the Kafka service, its [`run::checkpoint`] protocol (contract §5) and
+//!   [`run::telemetry`]; [`kafka`] holds client settings and publishing.
 //! - [`summary`]: the counters of a run.
 //!
 //! Around them: [`generate`] makes synthetic fleets, [`inspect`] reads output back,
-//! [`query`] runs SQL over it, and [`cli`] wires the commands together.
+//! [`query`] runs SQL over it, [`cli`] defines the flags and [`commands`] runs them.
 
-pub mod batch;
-pub mod checkpoint;
+// Library code returns errors instead of panicking; its unit tests may unwrap (clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 pub mod cli;
-pub mod dead_letter;
+pub mod commands;
 pub mod deltas;
-mod device_hash;
 pub mod generate;
 pub mod inspect;
 pub mod kafka;
-pub mod layout;
 pub mod pipeline;
-pub mod publish;
 pub mod query;
 pub mod reading;
-pub mod reason;
-mod scan;
-pub mod service;
+pub mod run;
 pub mod sink;
 pub mod source;
-pub mod store;
 pub mod summary;
-pub mod telemetry;
 pub mod timestamp;
-pub mod watermark;

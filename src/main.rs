@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use meterflow::cli::{self, Cli, LogFormat};
+use meterflow::cli::{Cli, LogFormat};
+use meterflow::commands;
 use tracing_subscriber::EnvFilter;
 
 /// Blocks, epoch buffers and Parquet pages are allocated and freed at a high rate; mimalloc
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    match cli::run(cli) {
+    match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {:#}", anyhow::Error::from(error));

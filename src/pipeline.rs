@@ -13,12 +13,12 @@ use std::time::Instant;
 
 use tokio::runtime::Handle;
 
-use crate::dead_letter::{DeadLetter, Detail, Origin};
 use crate::deltas::{Deltas, EpochRows, Offer, Outcome, StateError, StateSettings};
+use crate::reading::reason::Reason;
 use crate::reading::{self, DecodedBlock, DecodedMessage, Limits};
-use crate::reason::Reason;
+use crate::sink::dead_letter::{DeadLetter, Detail, Origin, RecordText};
 use crate::sink::{EpochFiles, ParquetSink, SinkError};
-use crate::source::{Block, BlockReader, Input, SourceError};
+use crate::source::files::{Block, BlockReader, Input, SourceError};
 use crate::summary::Summary;
 
 /// Errors that stop a run (bad records never do).
@@ -71,7 +71,7 @@ impl Processor {
             deltas: Deltas::with_settings(options.state),
             dead_letters: Vec::new(),
             readings_in_epoch: 0,
-            epoch_readings: options.epoch_readings.max(1),
+            epoch_readings: options.epoch_readings,
             summary: Summary::default(),
         }
     }
@@ -99,7 +99,7 @@ impl Processor {
                     detail: Detail::Text(rejected.detail.clone()),
                     source: origin(message.position),
                     index: rejected.index,
-                    record: rejected.record.clone(),
+                    record: rejected.record.as_str().into(),
                 },
             );
         }
@@ -153,17 +153,28 @@ impl Processor {
                         source: origin(message.position),
                         index: Some(offer.index),
                         // Filled in below, from one split of the message for all of them.
-                        record: String::new(),
+                        record: RecordText::Owned(String::new()),
                     },
                 );
             });
         let late_letters = &mut dead_letters[first_late_letter..];
         if !late_letters.is_empty() {
-            let elements = reading::ElementTexts::of(&block.bytes()[message.bytes.clone()]);
+            let text = &block.bytes()[message.bytes.clone()];
+            let elements = reading::ElementTexts::of(text);
+            // Most of the message refused: share one copy of it; a few: copy their elements.
+            let shared = (late_letters.len() * 2 >= message.readings.len())
+                .then(|| std::str::from_utf8(text).ok().map(Arc::<str>::from))
+                .flatten();
             for letter in late_letters {
-                if let Some(index) = letter.index {
-                    letter.record = elements.get(index).unwrap_or_default().to_owned();
-                }
+                let Some(index) = letter.index else { continue };
+                letter.record = match (&shared, elements.span(index)) {
+                    (Some(message), Some(span)) => RecordText::Shared {
+                        message: message.clone(),
+                        start: span.start as u32,
+                        end: span.end as u32,
+                    },
+                    _ => elements.get(index).unwrap_or_default().into(),
+                };
             }
         }
         let offered = message.readings.len() as u64;
@@ -304,22 +315,11 @@ pub fn transform(
         reader.join().map_err(|_| PipelineError::ReaderThread)?;
         writer.write(epoch, processor.take_epoch(true))?;
         let written = writer.finish()?;
-        let summary = &mut processor.summary;
-        summary.rows += written.rows;
-        summary.files += written.files;
-        summary.bytes += written.bytes;
+        processor.summary.add_written(&written);
         Ok::<_, PipelineError>(())
     })?;
     processor.summary.elapsed = started.elapsed();
     Ok(processor.summary)
-}
-
-/// What an [`EpochWriter`] wrote in all.
-#[derive(Debug, Default)]
-struct Written {
-    rows: u64,
-    files: u64,
-    bytes: u64,
 }
 
 /// Encodes and uploads epochs on a thread of its own, so the next epoch's messages are
@@ -327,7 +327,7 @@ struct Written {
 /// is written, and none waits in between, so at most two epochs are in memory.
 struct EpochWriter<'scope> {
     sender: Option<SyncSender<(u64, EpochContent)>>,
-    thread: Option<ScopedJoinHandle<'scope, Result<Written, SinkError>>>,
+    thread: Option<ScopedJoinHandle<'scope, Result<EpochFiles, SinkError>>>,
 }
 
 impl<'scope> EpochWriter<'scope> {
@@ -340,12 +340,9 @@ impl<'scope> EpochWriter<'scope> {
         let thread = std::thread::Builder::new()
             .name("meterflow-writer".into())
             .spawn_scoped(scope, move || {
-                let mut written = Written::default();
+                let mut written = EpochFiles::default();
                 for (epoch, content) in receiver {
-                    let files = write_epoch(sink, runtime, epoch, content)?;
-                    written.rows += files.rows as u64;
-                    written.files += files.data_files.len() as u64;
-                    written.bytes += files.bytes as u64;
+                    written.absorb(write_epoch(sink, runtime, epoch, content)?);
                 }
                 Ok(written)
             })
@@ -366,11 +363,11 @@ impl<'scope> EpochWriter<'scope> {
     }
 
     /// Waits until every queued epoch is written.
-    fn finish(mut self) -> Result<Written, PipelineError> {
+    fn finish(mut self) -> Result<EpochFiles, PipelineError> {
         self.join()
     }
 
-    fn join(&mut self) -> Result<Written, PipelineError> {
+    fn join(&mut self) -> Result<EpochFiles, PipelineError> {
         self.sender = None;
         match self.thread.take().map(ScopedJoinHandle::join) {
             Some(Ok(result)) => Ok(result?),

@@ -18,8 +18,8 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use url::Url;
 
-use crate::batch;
-use crate::store::{self, StoreError, StoreOptions};
+use crate::sink::schema;
+use crate::sink::store::{self, StoreError, StoreOptions};
 
 /// Name of the table the output is registered as.
 pub const TABLE: &str = "readings";
@@ -75,7 +75,7 @@ pub async fn query(
         .with_table_partition_cols(vec![("date".to_owned(), DataType::Date32)]);
     let config = ListingTableConfig::new(table_url)
         .with_listing_options(listing)
-        .with_schema(batch::schema());
+        .with_schema(schema::schema());
     let table = ListingTable::try_new(config).map_err(|source| QueryError::Location {
         location: data.to_owned(),
         source,

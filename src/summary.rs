@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::reason::Reason;
+use crate::reading::reason::Reason;
+use crate::sink::EpochFiles;
 
 /// What a run did; every number the summary and (later) the metrics report.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -34,6 +35,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Counts what was uploaded: the one place rows, files and bytes are added up.
+    pub fn add_written(&mut self, written: &EpochFiles) {
+        self.rows += written.rows as u64;
+        self.files += written.data_files.len() as u64;
+        self.bytes += written.bytes as u64;
+    }
+
     pub fn dead_letter_total(&self) -> u64 {
         self.dead_letters.iter().sum()
     }

@@ -105,16 +105,29 @@ fn digits(b: &[u8]) -> Result<u32, TimeError> {
     })
 }
 
+/// A flag's duration in microseconds, the unit of event times (saturating: "forever").
+pub fn duration_micros(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// Formats UTC microseconds as RFC 3339 with `Z`, for logs, dead letters and `inspect`.
+pub fn format_micros(micros: i64) -> String {
+    let mut text = String::with_capacity(27);
+    // Writing into a String cannot fail.
+    let _ = write_micros(&mut text, micros);
+    text
+}
+
+/// Writes [`format_micros`]'s text into `out` without allocating.
 ///
 /// Years 0000–9999 are written directly (the civil-from-days conversion of H. Hinnant): dead
 /// letters of a message of refused readings each name two times, and chrono's formatter was
 /// most of their cost. Other years go through chrono; both give the same text.
-pub fn format_micros(micros: i64) -> String {
+pub fn write_micros(out: &mut impl std::fmt::Write, micros: i64) -> std::fmt::Result {
     const FIRST: i64 = -62_167_219_200_000_000; // 0000-01-01T00:00:00Z
     const END: i64 = 253_402_300_800_000_000; // 10000-01-01T00:00:00Z
     if !(FIRST..END).contains(&micros) {
-        return format_micros_chrono(micros);
+        return out.write_str(&format_micros_chrono(micros));
     }
     let (day, in_day) = (
         micros.div_euclid(MICROS_PER_DAY),
@@ -123,39 +136,56 @@ pub fn format_micros(micros: i64) -> String {
     let (year, month, date) = civil_from_days(day);
     let seconds = in_day / 1_000_000;
     let fraction = in_day % 1_000_000;
-    let mut text = Vec::with_capacity(27);
-    push_digits(&mut text, year as u64, 4);
-    text.push(b'-');
-    push_digits(&mut text, u64::from(month), 2);
-    text.push(b'-');
-    push_digits(&mut text, u64::from(date), 2);
-    text.push(b'T');
-    push_digits(&mut text, (seconds / 3600) as u64, 2);
-    text.push(b':');
-    push_digits(&mut text, (seconds / 60 % 60) as u64, 2);
-    text.push(b':');
-    push_digits(&mut text, (seconds % 60) as u64, 2);
+    let mut text = Digits::default();
+    text.number(year as u64, 4);
+    text.byte(b'-');
+    text.number(u64::from(month), 2);
+    text.byte(b'-');
+    text.number(u64::from(date), 2);
+    text.byte(b'T');
+    text.number((seconds / 3600) as u64, 2);
+    text.byte(b':');
+    text.number((seconds / 60 % 60) as u64, 2);
+    text.byte(b':');
+    text.number((seconds % 60) as u64, 2);
     // As chrono's `SecondsFormat::AutoSi`: none, milliseconds or microseconds.
     if fraction != 0 {
-        text.push(b'.');
+        text.byte(b'.');
         if fraction % 1000 == 0 {
-            push_digits(&mut text, (fraction / 1000) as u64, 3);
+            text.number((fraction / 1000) as u64, 3);
         } else {
-            push_digits(&mut text, fraction as u64, 6);
+            text.number(fraction as u64, 6);
         }
     }
-    text.push(b'Z');
+    text.byte(b'Z');
     // Only ASCII digits and separators were written.
-    String::from_utf8(text).unwrap_or_default()
+    out.write_str(std::str::from_utf8(text.written()).unwrap_or_default())
 }
 
-/// Appends the last `width` decimal digits of `value`, zero-padded.
-fn push_digits(text: &mut Vec<u8>, mut value: u64, width: usize) {
-    let start = text.len();
-    text.resize(start + width, b'0');
-    for slot in text[start..].iter_mut().rev() {
-        *slot = b'0' + (value % 10) as u8;
-        value /= 10;
+/// The text of one time on the stack: at most `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+#[derive(Default)]
+struct Digits {
+    bytes: [u8; 27],
+    len: usize,
+}
+
+impl Digits {
+    fn byte(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+
+    /// Appends the last `width` decimal digits of `value`, zero-padded.
+    fn number(&mut self, mut value: u64, width: usize) {
+        for slot in self.bytes[self.len..self.len + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        self.len += width;
+    }
+
+    fn written(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 

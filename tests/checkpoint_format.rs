@@ -4,13 +4,13 @@
 //! `CHECKPOINT_FORMAT` and replace the fixture (`MF_UPDATE_FIXTURES=1 cargo test --test
 //! checkpoint_format`), which makes the change visible in review.
 
-use meterflow::checkpoint::{
-    decode_checkpoint, encode_checkpoint, Checkpoint, Totals, CHECKPOINT_FORMAT,
-};
-use meterflow::dead_letter::Origin;
 use meterflow::deltas::{DayRows, Row, StateSettings};
 use meterflow::pipeline::{PipelineOptions, Processor};
 use meterflow::reading::{DecodedBlock, Limits};
+use meterflow::run::checkpoint::{
+    decode_checkpoint, encode_checkpoint, Checkpoint, Totals, CHECKPOINT_FORMAT,
+};
+use meterflow::sink::dead_letter::Origin;
 use meterflow::timestamp::MICROS_PER_MINUTE;
 
 const FIXTURE: &str = "tests/fixtures/checkpoint-format-1.bin";

@@ -32,7 +32,7 @@ fn transform_writes_rows_and_dead_letters_and_exits_zero() {
         .args(["--processing-time", "2022-07-13T00:00:00Z"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("rows").and(predicate::str::contains("invalid_json")));
+        .stdout(predicate::str::contains("rows").and(predicate::str::contains("invalid_json")));
 
     // Two dates, one file each.
     assert!(output
@@ -142,7 +142,7 @@ fn stdin_input_and_gzip_generate_round_trip() {
         .arg(&generated)
         .assert()
         .success()
-        .stderr(predicate::str::contains("60 readings"));
+        .stdout(predicate::str::contains("60 readings"));
     let output = dir.path().join("out");
     meterflow()
         .args(["transform", "--input"])
@@ -151,7 +151,7 @@ fn stdin_input_and_gzip_generate_round_trip() {
         .arg(&output)
         .assert()
         .success()
-        .stderr(predicate::str::contains("rows                          60"));
+        .stdout(predicate::str::contains("rows                          60"));
 
     let piped = dir.path().join("piped");
     meterflow()
@@ -160,7 +160,7 @@ fn stdin_input_and_gzip_generate_round_trip() {
         .write_stdin(input_text())
         .assert()
         .success()
-        .stderr(predicate::str::contains("rows                           4"));
+        .stdout(predicate::str::contains("rows                           4"));
 }
 
 #[test]

@@ -178,8 +178,8 @@ fn transform(input: &Path, output: &Path) -> BTreeMap<String, u64> {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "transform failed: {stderr}");
-    // The summary's lines: a name, then its count ("rows  N   in F Parquet files, …").
-    stderr
+    // The summary's lines (stdout): a name, then its count ("rows  N   in F Parquet files, …").
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();

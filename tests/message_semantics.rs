@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
+use meterflow::deltas::watermark::Watermark;
 use meterflow::deltas::{DayRows, Deltas, Offer, Outcome, Row, StateSettings};
 use meterflow::timestamp::MICROS_PER_MINUTE;
-use meterflow::watermark::Watermark;
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

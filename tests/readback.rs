@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int32Type, TimestampMicrosecondType};
 use clap::Parser;
-use meterflow::cli::{self, Cli, Command};
-use meterflow::reason::Reason;
+use meterflow::cli::{Cli, Command};
+use meterflow::commands;
+use meterflow::reading::reason::Reason;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -32,7 +33,7 @@ fn transformed(dir: &Path) -> PathBuf {
     let Command::Generate(args) = generate.command else {
         unreachable!()
     };
-    cli::generate_file(&args).unwrap();
+    commands::generate::generate_file(&args).unwrap();
 
     let output = dir.join("out");
     let transform = Cli::parse_from([
@@ -51,7 +52,7 @@ fn transformed(dir: &Path) -> PathBuf {
         unreachable!()
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let summary = cli::transform(&args, &runtime).unwrap();
+    let summary = commands::transform::transform(&args, &runtime).unwrap();
     assert!(summary.rows > 0 && summary.files > 1);
     // At the end of the input every accepted reading has become exactly one row, and every
     // reading is accounted for: accepted, a duplicate, or a reading-level dead letter.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use meterflow::inspect::read_all;
-use meterflow::store::{self, Location, StoreOptions};
+use meterflow::sink::store::{self, Location, StoreOptions};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use support::{assert_parquet_objects_exact, meterflow, S3Server};

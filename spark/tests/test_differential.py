@@ -27,7 +27,7 @@ PROCESSING_TIME = "2026-01-01T00:00:00Z"
 
 def meterflow(*args: str) -> str:
     done = subprocess.run([BIN, *args], capture_output=True, text=True, check=True)
-    return done.stderr
+    return done.stdout
 
 
 def spark_job(input_dir: Path, output: Path, *extra: str) -> dict:
@@ -80,8 +80,8 @@ def dead_letters(output: Path) -> dict:
     return dict(counts)
 
 
-def summary_count(stderr: str, label: str) -> int:
-    return int(re.search(rf"^\s*{label}\s+(\d+)", stderr, re.MULTILINE).group(1))
+def summary_count(summary: str, label: str) -> int:
+    return int(re.search(rf"^\s*{label}\s+(\d+)", summary, re.MULTILINE).group(1))
 
 
 def parquet_layout(output: Path) -> list[tuple]:
@@ -118,7 +118,7 @@ def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
         tmp_path / "in", [lines[:third], lines[third : 2 * third], lines[2 * third :]]
     )
     expected = tmp_path / "meterflow"
-    stderr = meterflow(
+    printed = meterflow(
         "transform",
         "--input",
         *map(str, inputs),
@@ -137,8 +137,8 @@ def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
     letters = dead_letters(expected)
     assert set(letters) >= {"invalid_time", "future_time", "conflicting_duplicate"}
     assert dead_letters(got) == letters
-    assert summary["duplicates"] == summary_count(stderr, "duplicates") > 0
-    assert summary["counter_resets"] == summary_count(stderr, "counter resets")
+    assert summary["duplicates"] == summary_count(printed, "duplicates") > 0
+    assert summary["counter_resets"] == summary_count(printed, "counter resets")
     assert summary["dropped_by_watermark"] == 0
     assert (
         parquet_layout(got)

@@ -11,15 +11,17 @@
 //!
 //! Emitted rows go to one epoch buffer; [`epoch`] lays them out for Parquet.
 
+pub(crate) mod device_hash;
 mod epoch;
 mod names;
+pub mod watermark;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::device_hash::DeviceMap;
+use crate::deltas::device_hash::DeviceMap;
+use crate::deltas::watermark::Watermark;
 use crate::timestamp::MICROS_PER_MINUTE;
-use crate::watermark::Watermark;
 pub use epoch::{DayRows, EpochRows, Row};
 use epoch::{Emitted, MaybeF32};
 use names::{NameId, Names};

@@ -78,7 +78,7 @@ pub fn meterflow_assert() -> assert_cmd::Command {
 }
 
 /// The README's seed message (two readings of device 123456), as one JSON line.
-pub const SEED_MESSAGE: &str = meterflow::cli::SEED_EXAMPLE;
+pub const SEED_MESSAGE: &str = meterflow::generate::SEED_EXAMPLE;
 
 /// `meterflow generate --devices N` with `args`, into `dir/name`; panics unless it succeeds.
 pub fn generate(

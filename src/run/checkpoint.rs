@@ -15,8 +15,8 @@ use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::layout::CHECKPOINT_DIR;
-use crate::store::Location;
+use crate::sink::layout::CHECKPOINT_DIR;
+use crate::sink::store::Location;
 use crate::summary::Summary;
 
 /// Errors reading or writing checkpoints.
@@ -366,7 +366,7 @@ fn corrupt(path: &str, why: impl std::fmt::Display) -> CheckpointError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{self, StoreOptions};
+    use crate::sink::store::{self, StoreOptions};
 
     fn local() -> (tempfile::TempDir, CheckpointStore) {
         let dir = tempfile::tempdir().unwrap();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
-use crate::reason::Reason;
-use crate::timestamp::format_micros;
+use crate::reading::reason::Reason;
+use crate::timestamp::write_micros;
 
 /// Where a record came from, so an operator can find it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,7 +38,64 @@ pub struct DeadLetter {
     pub source: Origin,
     /// Index of the element in `measurements`; null when the whole message was refused.
     pub index: Option<u32>,
-    pub record: String,
+    pub record: RecordText,
+}
+
+/// The original text of a refused record. Readings the state refuses share their message's
+/// text (copied once) when they are most of it, so a message refused reading by reading costs
+/// one copy, not one allocation per reading.
+#[derive(Debug, Clone)]
+pub enum RecordText {
+    Owned(String),
+    /// `message[start..end]`.
+    Shared {
+        message: Arc<str>,
+        start: u32,
+        end: u32,
+    },
+}
+
+impl RecordText {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RecordText::Owned(text) => text,
+            RecordText::Shared {
+                message,
+                start,
+                end,
+            } => message
+                .get(*start as usize..*end as usize)
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
+}
+
+impl PartialEq for RecordText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl From<String> for RecordText {
+    fn from(text: String) -> Self {
+        RecordText::Owned(text)
+    }
+}
+
+impl From<&str> for RecordText {
+    fn from(text: &str) -> Self {
+        RecordText::Owned(text.to_owned())
+    }
+}
+
+impl Serialize for RecordText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// Serializes a shared name as a string (serde's own impl needs its `rc` feature, which would
@@ -82,32 +139,31 @@ impl fmt::Display for Detail {
                 device_id,
                 time,
                 last_emitted,
-            } => write!(
-                f,
-                "device {device_id} already emitted a reading at {}, after {}",
-                format_micros(*last_emitted),
-                format_micros(*time)
-            ),
+            } => {
+                write!(f, "device {device_id} already emitted a reading at ")?;
+                write_micros(f, *last_emitted)?;
+                f.write_str(", after ")?;
+                write_micros(f, *time)
+            }
             Detail::ConflictingDuplicate {
                 device_id,
                 time,
                 accepted_energy,
-            } => write!(
-                f,
-                "device {device_id} already has a reading at {} with cumulative_energy \
-                 {accepted_energy}",
-                format_micros(*time)
-            ),
+            } => {
+                write!(f, "device {device_id} already has a reading at ")?;
+                write_micros(f, *time)?;
+                write!(f, " with cumulative_energy {accepted_energy}")
+            }
             Detail::BeyondTtl {
                 device_id,
                 time,
                 horizon,
-            } => write!(
-                f,
-                "device {device_id} has no state (state TTL) and {} is before the TTL horizon {}",
-                format_micros(*time),
-                format_micros(*horizon)
-            ),
+            } => {
+                write!(f, "device {device_id} has no state (state TTL) and ")?;
+                write_micros(f, *time)?;
+                f.write_str(" is before the TTL horizon ")?;
+                write_micros(f, *horizon)
+            }
         }
     }
 }

@@ -6,13 +6,14 @@
 //! order, as real meters' would.
 
 use std::io::{self, Write};
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
-use crate::dead_letter::{DeadLetter, Origin};
+use crate::sink::dead_letter::{DeadLetter, Origin};
 
 /// How long the last messages may take to be delivered before `finish` gives up.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -21,7 +22,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct KafkaLines {
     producer: BaseProducer,
     topic: String,
-    devices_per_message: u32,
+    devices_per_message: NonZeroU32,
     /// Messages per second, if limited.
     rate: Option<f64>,
     started: Instant,
@@ -34,7 +35,7 @@ impl KafkaLines {
     pub fn new(
         mut config: ClientConfig,
         topic: &str,
-        devices_per_message: u32,
+        devices_per_message: NonZeroU32,
         rate: Option<f64>,
     ) -> Result<Self, KafkaError> {
         let producer = config
@@ -45,7 +46,7 @@ impl KafkaLines {
         Ok(KafkaLines {
             producer,
             topic: topic.to_string(),
-            devices_per_message: devices_per_message.max(1),
+            devices_per_message,
             rate: rate.filter(|r| *r > 0.0),
             started: Instant::now(),
             sent: 0,
@@ -134,7 +135,7 @@ fn send_waiting<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBy
 
 /// The gateway of a message: its first integer `device_id` divided by the devices per
 /// message; `None` (any partition) for a message without one, such as a faulty line.
-fn gateway_key(line: &[u8], devices_per_message: u32) -> Option<String> {
+fn gateway_key(line: &[u8], devices_per_message: NonZeroU32) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Probe {
         measurements: Vec<ProbeReading>,
@@ -149,7 +150,7 @@ fn gateway_key(line: &[u8], devices_per_message: u32) -> Option<String> {
         .measurements
         .iter()
         .find_map(|r| r.device_id.as_i64())?;
-    Some((id / i64::from(devices_per_message)).to_string())
+    Some((id / i64::from(devices_per_message.get())).to_string())
 }
 
 /// Writes to a file, to Kafka, or both.
@@ -232,8 +233,14 @@ mod tests {
     #[test]
     fn a_message_is_keyed_by_its_gateway() {
         let line = br#"{"measurements":[{"device_id":"x"},{"device_id":1000385,"time":"t"}]}"#;
-        assert_eq!(gateway_key(line, 8).as_deref(), Some("125048"));
-        assert_eq!(gateway_key(b"{not json", 8), None);
-        assert_eq!(gateway_key(br#"{"measurements":[]}"#, 8), None);
+        assert_eq!(
+            gateway_key(line, NonZeroU32::new(8).unwrap()).as_deref(),
+            Some("125048")
+        );
+        assert_eq!(gateway_key(b"{not json", NonZeroU32::new(8).unwrap()), None);
+        assert_eq!(
+            gateway_key(br#"{"measurements":[]}"#, NonZeroU32::new(8).unwrap()),
+            None
+        );
     }
 }

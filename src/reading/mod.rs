@@ -8,6 +8,9 @@
 //! numbers serde_json cannot represent (such as `1e400`) are attributed to their field. Both
 //! paths judge fields with the same [`Element::validate`].
 
+pub mod reason;
+mod scan;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -17,8 +20,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::reason::Reason;
-use crate::scan::{self, Number, ScannedReading, TypedMessage};
+use crate::reading::reason::Reason;
+use crate::reading::scan::{Number, ScannedReading, TypedMessage};
 use crate::timestamp;
 
 /// A reading that passed every rule of contract §2.
@@ -328,14 +331,34 @@ fn split_measurements(text: &[u8]) -> Result<Vec<&RawValue>, (Reason, String)> {
 /// (late, conflicting duplicate). Split once per message, however many of its readings are
 /// refused, so refusals cost time linear in the message.
 pub struct ElementTexts<'a> {
+    message: &'a [u8],
     elements: Vec<&'a RawValue>,
 }
 
+/// Only the elements of `measurements`, as raw texts: one pass over a message (the general
+/// split parses it three times).
+#[derive(serde::Deserialize)]
+struct MeasurementsOnly<'a> {
+    #[serde(borrow)]
+    measurements: Vec<&'a RawValue>,
+}
+
 impl<'a> ElementTexts<'a> {
+    /// For a message that decoded as measurements. A repeated `measurements` key (where the
+    /// last one counts) takes the general split.
     pub fn of(message: &'a [u8]) -> Self {
-        ElementTexts {
-            elements: split_measurements(message).unwrap_or_default(),
-        }
+        let elements = match serde_json::from_slice::<MeasurementsOnly<'a>>(message) {
+            Ok(only) => only.measurements,
+            Err(_) => split_measurements(message).unwrap_or_default(),
+        };
+        ElementTexts { message, elements }
+    }
+
+    /// Where element `index` is in the message, in bytes.
+    pub fn span(&self, index: u32) -> Option<std::ops::Range<usize>> {
+        let text = self.elements.get(index as usize)?.get();
+        let start = (text.as_ptr() as usize).checked_sub(self.message.as_ptr() as usize)?;
+        (start + text.len() <= self.message.len()).then(|| start..start + text.len())
     }
 
     /// The text of element `index`, if the message has it.
@@ -920,5 +943,15 @@ mod tests {
             Some(r#"{ "device_id" : 9 }"#)
         );
         assert_eq!(ElementTexts::of(line.as_bytes()).get(2), None);
+        // The last of repeated keys counts, as when the message was decoded.
+        let repeated = format!(
+            r#"{{"measurements":[1,2], "x": {{"measurements": 0}}, "measurements":[{GOOD}, 7]}}"#
+        );
+        assert_eq!(ElementTexts::of(repeated.as_bytes()).get(1), Some("7"));
+        assert_eq!(ElementTexts::of(repeated.as_bytes()).get(0), Some(GOOD));
+        let texts = ElementTexts::of(line.as_bytes());
+        let span = texts.span(1).unwrap();
+        assert_eq!(&line[span], r#"{ "device_id" : 9 }"#);
+        assert_eq!(texts.span(2), None);
     }
 }

@@ -14,30 +14,36 @@
 //! On start the latest checkpoint is restored and an intent recorded after it is replayed from
 //! its ranges, which writes the same bytes a crashed run may already have written.
 
+pub mod checkpoint;
+pub mod dead_letters;
+pub mod epoch_policy;
+pub mod telemetry;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::checkpoint::{
+use crate::deltas::{StateError, StateSettings};
+use crate::kafka::publish::DeadLetterTopic;
+use crate::kafka::source::KafkaSource;
+use crate::kafka::{KafkaSettings, KafkaSetupError};
+use crate::pipeline::{write_epoch, PipelineOptions, Processor};
+use crate::reading::{DecodedBlock, Limits};
+use crate::run::checkpoint::{
     Checkpoint, CheckpointError, CheckpointStore, Intent, PartitionRange, Totals,
 };
-use crate::dead_letter::Origin;
-use crate::deltas::{StateError, StateSettings};
-use crate::kafka::{KafkaSettings, KafkaSetupError, ServiceConsumer};
-use crate::pipeline::{write_epoch, PipelineOptions, Processor};
-use crate::publish::DeadLetterTopic;
-use crate::reading::{DecodedBlock, Limits};
+use crate::run::dead_letters::{DeadLetterDestination, EpochFile};
+use crate::run::epoch_policy::{EpochPolicy, LoopState};
+use crate::run::telemetry::Telemetry;
+use crate::sink::dead_letter::Origin;
 use crate::sink::{ParquetSink, SinkError};
-use crate::source::BLOCK_BYTES;
+use crate::source::files::BLOCK_BYTES;
+use crate::source::{Assignment, Polled, Source, SourceFailure};
 use crate::summary::Summary;
-use crate::telemetry::Telemetry;
 
 /// Errors that stop the service (bad records never do).
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +51,8 @@ use crate::telemetry::Telemetry;
 pub enum RunError {
     #[error(transparent)]
     Kafka(#[from] KafkaSetupError),
-    #[error("Kafka consumer failed")]
-    Consumer(#[source] rdkafka::error::KafkaError),
+    #[error("reading the topics failed")]
+    Source(#[source] SourceFailure),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
@@ -100,10 +106,9 @@ pub struct RunOptions {
     pub state: StateSettings,
     /// Readings later than processing time plus this (µs) are `future_time`.
     pub max_future: i64,
-    /// An epoch closes this long after it started (when it has messages).
-    pub epoch_interval: Duration,
-    /// ... or when this many message bytes are buffered (backpressure: polling pauses).
-    pub epoch_max_bytes: usize,
+    /// When an epoch closes: after an interval (when it has messages) or when this many
+    /// message bytes are buffered (backpressure: polling pauses), among other rules.
+    pub epoch: EpochPolicy,
     /// A partition without messages for this long stops holding the watermark back.
     pub idle_timeout: Duration,
     /// Stop once every partition is read to its end, emitting every waiting reading
@@ -152,7 +157,7 @@ struct Partition {
     last_message: Instant,
 }
 
-/// Runs until drained (if asked), stopped by `stop`, or failed.
+/// Runs on Kafka until drained (if asked), stopped by `stop`, or failed.
 pub fn run(
     options: &RunOptions,
     sink: &ParquetSink,
@@ -160,17 +165,9 @@ pub fn run(
     telemetry: &Telemetry,
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
-    let checkpoints = CheckpointStore::new(sink.location().clone());
-    let latest = runtime.block_on(checkpoints.latest())?;
-    telemetry.readiness.set_store(true);
     let consumer = options
         .kafka
         .consumer(&options.group, telemetry.metrics.clone())?;
-    let discovered =
-        options
-            .kafka
-            .partitions(&consumer, &options.topics, options.request_timeout)?;
-    telemetry.readiness.set_kafka(true);
     let dead_letters = match &options.dead_letter_topic {
         Some(topic) => {
             // Fails clearly now rather than at the first bad record.
@@ -180,15 +177,46 @@ pub fn run(
                 options.request_timeout,
             )?;
             let config = options.kafka.client_config()?;
-            Some(DeadLetterTopic::new(config, topic).map_err(|source| {
+            let topic = DeadLetterTopic::new(config, topic).map_err(|source| {
                 RunError::DeadLetterTopic {
                     topic: topic.clone(),
                     source,
                 }
-            })?)
+            })?;
+            Box::new(topic) as Box<dyn DeadLetterDestination>
         }
-        None => None,
+        None => Box::new(EpochFile),
     };
+    let mut source = KafkaSource::new(consumer, options.kafka.clone(), options.request_timeout);
+    run_on(
+        &mut source,
+        dead_letters,
+        options,
+        sink,
+        runtime,
+        telemetry,
+        stop,
+    )
+}
+
+/// Runs on any [`Source`]: the service's protocol, whatever the log (`options.kafka` and
+/// `options.dead_letter_topic` are not looked at; `dead_letters` says where letters go).
+pub fn run_on(
+    source: &mut dyn Source,
+    dead_letters: Box<dyn DeadLetterDestination>,
+    options: &RunOptions,
+    sink: &ParquetSink,
+    runtime: &Handle,
+    telemetry: &Telemetry,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport, RunError> {
+    let checkpoints = CheckpointStore::new(sink.location().clone());
+    let latest = runtime.block_on(checkpoints.latest())?;
+    telemetry.readiness.set_store(true);
+    let discovered = source
+        .partitions(&options.topics)
+        .map_err(RunError::Source)?;
+    telemetry.readiness.set_kafka(true);
 
     let pipeline = PipelineOptions {
         state: options.state,
@@ -222,13 +250,24 @@ pub fn run(
             partitions.push(new_partition(&topic, partition, None, now));
         }
     }
-    for (index, p) in partitions.iter().enumerate() {
+    for index in 0..partitions.len() {
         processor.add_partition(index);
-        if let Some(next) = p.next_offset {
-            consumer.context().committed(&p.topic, p.partition, next);
-        }
     }
-    assign(&consumer, &partitions)?;
+    let assignment: Vec<Assignment> = partitions
+        .iter()
+        .map(|p| Assignment {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            offset: p.next_offset,
+        })
+        .collect();
+    source.assign(&assignment).map_err(RunError::Source)?;
+    let restored: Vec<(usize, i64)> = partitions
+        .iter()
+        .enumerate()
+        .filter_map(|(index, p)| Some((index, p.next_offset?)))
+        .collect();
+    source.committed(&restored, false);
     tracing::info!(
         epoch,
         partitions = partitions.len(),
@@ -252,7 +291,7 @@ pub fn run(
         telemetry,
         dead_letters,
         checkpoints,
-        consumer,
+        source,
         partitions,
         processor,
         report: &mut report,
@@ -282,24 +321,14 @@ fn new_partition(topic: &str, partition: i32, next_offset: Option<i64>, now: Ins
     }
 }
 
-fn assign(consumer: &ServiceConsumer, partitions: &[Partition]) -> Result<(), RunError> {
-    let mut list = TopicPartitionList::new();
-    for p in partitions {
-        let offset = p.next_offset.map_or(Offset::Beginning, Offset::Offset);
-        list.add_partition_offset(&p.topic, p.partition, offset)
-            .map_err(RunError::Consumer)?;
-    }
-    consumer.assign(&list).map_err(RunError::Consumer)
-}
-
 struct Service<'a> {
     options: &'a RunOptions,
+    source: &'a mut dyn Source,
     sink: &'a ParquetSink,
     runtime: &'a Handle,
     telemetry: &'a Telemetry,
-    dead_letters: Option<DeadLetterTopic>,
+    dead_letters: Box<dyn DeadLetterDestination>,
     checkpoints: CheckpointStore,
-    consumer: ServiceConsumer,
     partitions: Vec<Partition>,
     processor: Processor,
     report: &'a mut RunReport,
@@ -344,8 +373,7 @@ impl Service<'_> {
             let stopping = stop.load(Ordering::Relaxed);
             let buffered_bytes = self.buffered_bytes();
             let has_messages = self.partitions.iter().any(|p| !p.buffered.is_empty());
-            let due = started.elapsed() >= self.options.epoch_interval && has_messages;
-            let full = buffered_bytes >= self.options.epoch_max_bytes;
+            let full = buffered_bytes >= self.options.epoch.max_bytes;
             // Asking the broker for end offsets waits behind the consumer's long-poll fetches
             // on the same connection, so it is done only when a poll came back empty.
             let drained = self.options.stop_when_drained
@@ -355,15 +383,18 @@ impl Service<'_> {
                     last_drain_check = Instant::now();
                     self.drained()?
                 };
-            // A drained stream closes with an epoch only if it has something to emit, so a
-            // restart after the last epoch writes nothing new.
-            let flush = drained && (has_messages || self.processor.has_pending());
-            // A partition turning idle may release waiting readings even when no message
-            // comes: a quiet stream still gets its rows.
-            let released = !has_messages
-                && self.idle_now() != self.processor.idle_flags()
-                && self.processor.has_pending();
-            if due || full || flush || released || (stopping && has_messages) {
+            let seen = LoopState {
+                elapsed: started.elapsed(),
+                buffered_bytes,
+                has_messages,
+                has_pending: self.processor.has_pending(),
+                drained,
+                // Only looked at without messages (two small vectors a poll otherwise).
+                idle_changed: !has_messages && self.idle_now() != self.processor.idle_flags(),
+                stopping,
+            };
+            if let Some(reason) = self.options.epoch.close(&seen) {
+                tracing::info!(epoch, %reason, "closing epoch");
                 let intent = self.intent(epoch, drained);
                 self.checkpoints_record(&intent)?;
                 self.run_epoch(&intent)?;
@@ -393,11 +424,8 @@ impl Service<'_> {
     /// Whether every partition has been read to its current end (and nothing is buffered
     /// beyond what an epoch will take).
     fn drained(&self) -> Result<bool, RunError> {
-        for p in &self.partitions {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&p.topic, p.partition, self.options.request_timeout)
-                .map_err(RunError::Consumer)?;
+        for (index, p) in self.partitions.iter().enumerate() {
+            let (_, high) = self.source.watermarks(index).map_err(RunError::Source)?;
             if p.received_upto.unwrap_or(0) < high {
                 return Ok(false);
             }
@@ -407,44 +435,43 @@ impl Service<'_> {
 
     /// Polls once, buffering a message if one came; whether one came.
     fn poll_once(&mut self) -> Result<bool, RunError> {
-        match self.consumer.poll(POLL) {
-            None => Ok(false),
-            Some(Ok(message)) => {
+        match self.source.poll(POLL) {
+            Polled::Nothing => Ok(false),
+            Polled::Record(record) => {
                 self.telemetry.readiness.set_kafka(true);
-                let index = self.partitions.iter().position(|p| {
-                    &*p.topic == message.topic() && p.partition == message.partition()
-                });
-                if let Some(index) = index {
-                    let p = &mut self.partitions[index];
-                    let offset = message.offset();
-                    if p.received_upto.is_some_and(|upto| offset < upto) {
-                        // Delivered again (a broker resending a batch): already buffered or
-                        // already committed, never a second time.
-                        tracing::debug!(topic = %p.topic, partition = p.partition, offset, "message received twice");
-                        return Ok(true);
-                    }
-                    if let Some(upto) = p.received_upto.filter(|&upto| offset > upto) {
-                        // Normal for compacted or transactional topics; anywhere else the
-                        // broker skipped messages.
-                        tracing::warn!(topic = %p.topic, partition = p.partition, expected = upto, received = offset, "offsets skipped by the broker");
-                        self.telemetry
-                            .metrics
-                            .observe_skipped_offsets((offset - upto) as u64);
-                    }
-                    if p.next_offset.is_none() {
-                        p.next_offset = Some(offset);
-                    }
-                    p.received_upto = Some(offset + 1);
-                    p.last_message = Instant::now();
-                    let payload = message.payload().unwrap_or_default().to_vec();
-                    p.buffered_bytes += payload.len();
-                    p.buffered.push_back(Record { offset, payload });
+                let Some(p) = self.partitions.get_mut(record.partition) else {
+                    return Ok(true);
+                };
+                let offset = record.offset;
+                if p.received_upto.is_some_and(|upto| offset < upto) {
+                    // Delivered again (a broker resending a batch): already buffered or
+                    // already committed, never a second time.
+                    tracing::debug!(topic = %p.topic, partition = p.partition, offset, "message received twice");
+                    return Ok(true);
                 }
+                if let Some(upto) = p.received_upto.filter(|&upto| offset > upto) {
+                    // Normal for compacted or transactional topics; anywhere else the
+                    // broker skipped messages.
+                    tracing::warn!(topic = %p.topic, partition = p.partition, expected = upto, received = offset, "offsets skipped by the broker");
+                    self.telemetry
+                        .metrics
+                        .observe_skipped_offsets((offset - upto) as u64);
+                }
+                if p.next_offset.is_none() {
+                    p.next_offset = Some(offset);
+                }
+                p.received_upto = Some(offset + 1);
+                p.last_message = Instant::now();
+                p.buffered_bytes += record.payload.len();
+                p.buffered.push_back(Record {
+                    offset,
+                    payload: record.payload,
+                });
                 Ok(true)
             }
-            Some(Err(error)) => {
-                // librdkafka retries connections itself; report and keep polling.
-                tracing::warn!(%error, "Kafka consumer error");
+            Polled::Transient(error) => {
+                // The client retries connections itself; report and keep polling.
+                tracing::warn!(%error, "source error");
                 self.telemetry.readiness.set_kafka(false);
                 Ok(false)
             }
@@ -517,23 +544,10 @@ impl Service<'_> {
             }
         }
         let mut content = self.processor.take_epoch(intent.end_of_input);
-        let letters = match &self.dead_letters {
-            Some(_) => std::mem::take(&mut content.dead_letters),
-            None => Vec::new(),
-        };
+        let letters = self.dead_letters.take(&mut content.dead_letters);
         let written = write_epoch(self.sink, self.runtime, intent.epoch, content)?;
-        if let Some(topic) = &self.dead_letters {
-            topic
-                .publish(&letters)
-                .map_err(|source| RunError::DeadLetterTopic {
-                    topic: topic.topic().to_string(),
-                    source,
-                })?;
-        }
-        let summary = &mut self.processor.summary;
-        summary.rows += written.rows as u64;
-        summary.files += written.data_files.len() as u64;
-        summary.bytes += written.bytes as u64;
+        self.dead_letters.deliver(&letters)?;
+        self.processor.summary.add_written(&written);
 
         for (p, range) in self.partitions.iter_mut().zip(&intent.ranges) {
             p.next_offset = Some(range.end.max(p.next_offset.unwrap_or(range.end)));
@@ -558,7 +572,7 @@ impl Service<'_> {
             .block_on(self.checkpoints.commit(&checkpoint))?;
         self.telemetry.readiness.set_store(true);
         self.commit_offsets(&checkpoint);
-        self.observe(intent.epoch, started, &checkpoint);
+        self.observe(intent.epoch, started);
         self.report.epochs += 1;
         self.report.summary = self.processor.summary.clone();
         tracing::info!(
@@ -609,15 +623,10 @@ impl Service<'_> {
 
     /// Metrics after a committed epoch; the lag uses the end offsets of the consumer's
     /// statistics (no broker round trip).
-    fn observe(&self, epoch: u64, started: Instant, checkpoint: &Checkpoint) {
+    fn observe(&self, epoch: u64, started: Instant) {
         let metrics = &self.telemetry.metrics;
         metrics.observe_totals(&self.processor.summary);
         metrics.observe_epoch(epoch, started.elapsed().as_secs_f64());
-        for ((topic, partition), &next) in
-            checkpoint.partitions.iter().zip(&checkpoint.next_offsets)
-        {
-            self.consumer.context().committed(topic, *partition, next);
-        }
     }
 
     /// A replay must take as many messages per partition as the recorded epoch did, or its
@@ -643,18 +652,15 @@ impl Service<'_> {
         Ok(())
     }
 
-    /// Group offsets for lag monitoring; the checkpoint already holds the truth, so a failure
-    /// is only logged.
+    /// Group offsets and lag for monitoring; the checkpoint already holds the truth.
     fn commit_offsets(&self, checkpoint: &Checkpoint) {
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), &next) in
-            checkpoint.partitions.iter().zip(&checkpoint.next_offsets)
-        {
-            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(next));
-        }
-        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
-            tracing::warn!(%error, "cannot commit group offsets (monitoring only)");
-        }
+        let next: Vec<(usize, i64)> = checkpoint
+            .next_offsets
+            .iter()
+            .copied()
+            .enumerate()
+            .collect();
+        self.source.committed(&next, true);
     }
 }
 

@@ -1,6 +1,9 @@
 //! Kafka clients from meterflow's settings: brokers, TLS and SASL (SCRAM or PLAIN, as AWS MSK
 //! uses), with secrets only from the environment.
 
+pub mod publish;
+pub mod source;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -12,7 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
 
-use crate::telemetry::Metrics;
+use crate::run::telemetry::Metrics;
 
 /// The service's consumer: its statistics callback turns librdkafka's view of each
 /// partition's end offset into the consumer-lag metric.

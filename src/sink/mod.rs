@@ -4,6 +4,13 @@
 //! `object_store`. Each object is written with one `put`, which is atomic on S3 and on the local
 //! file system (temp file + rename): a reader never sees a half-written file.
 
+pub mod dead_letter;
+pub mod layout;
+pub mod schema;
+pub mod store;
+
+use std::num::NonZeroUsize;
+
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -16,11 +23,9 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use rayon::prelude::*;
 
-use crate::batch;
-use crate::dead_letter::DeadLetter;
 use crate::deltas::DayRows;
-use crate::layout;
-use crate::store::Location;
+use crate::sink::dead_letter::DeadLetter;
+use crate::sink::store::Location;
 
 /// Errors writing output; all are operational (the run cannot continue).
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +55,27 @@ pub enum SinkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkOptions {
     /// A date's rows in one epoch are split into files of at most this many rows.
-    pub rows_per_file: usize,
+    pub rows_per_file: NonZeroUsize,
     /// zstd level: 1 is several times faster to write than 9 for a few percent in size.
     pub zstd_level: i32,
 }
 
+impl SinkOptions {
+    /// The `--rows-per-file` default.
+    pub const DEFAULT_ROWS_PER_FILE: NonZeroUsize = match NonZeroUsize::new(1_000_000) {
+        Some(rows) => rows,
+        None => NonZeroUsize::MIN,
+    };
+    /// The `--zstd-level` default.
+    pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+}
+
+/// The flags' defaults.
 impl Default for SinkOptions {
     fn default() -> Self {
         SinkOptions {
-            rows_per_file: 1_000_000,
-            zstd_level: 1,
+            rows_per_file: Self::DEFAULT_ROWS_PER_FILE,
+            zstd_level: Self::DEFAULT_ZSTD_LEVEL,
         }
     }
 }
@@ -81,6 +97,15 @@ pub struct EpochFiles {
     pub bytes: usize,
 }
 
+impl EpochFiles {
+    /// Adds what another epoch wrote.
+    pub fn absorb(&mut self, other: EpochFiles) {
+        self.data_files.extend(other.data_files);
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+    }
+}
+
 /// Parquet writer over one output location.
 #[derive(Debug, Clone)]
 pub struct ParquetSink {
@@ -98,7 +123,7 @@ impl ParquetSink {
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(zstd))
             .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(options.rows_per_file.max(1)))
+            .set_max_row_group_row_count(Some(options.rows_per_file.get()))
             // Readers may use the declared order (device_id, time) to skip sorting.
             .set_sorting_columns(Some(vec![
                 SortingColumn {
@@ -134,11 +159,11 @@ impl ParquetSink {
         let mut plan = Vec::new();
         for rows in days {
             let day = rows.day;
-            let whole = batch::to_record_batch(rows).map_err(|e| SinkError::Encode {
+            let whole = schema::to_record_batch(rows).map_err(|e| SinkError::Encode {
                 path: layout::data_file(day, epoch, 0),
                 source: e.into(),
             })?;
-            let per_file = self.options.rows_per_file.max(1);
+            let per_file = self.options.rows_per_file.get();
             for (writer, offset) in (0..whole.num_rows()).step_by(per_file).enumerate() {
                 let part = whole.slice(offset, per_file.min(whole.num_rows() - offset));
                 plan.push((layout::data_file(day, epoch, writer), part));
@@ -155,7 +180,7 @@ impl ParquetSink {
             source,
         };
         let mut buffer = Vec::with_capacity(part.num_rows() * 4);
-        let schema = batch::schema();
+        let schema = schema::schema();
         let writer =
             ArrowWriter::try_new(&mut buffer, schema.clone(), Some(self.properties.clone()))
                 .map_err(fail)?;
