@@ -10,7 +10,9 @@
 //!
 //! Data flows top to bottom:
 //!
-//! - [`source`]: JSON-lines files (plain, gzip, zstd) or stdin, cut into blocks of whole lines.
+//! - [`source`]: JSON-lines files (plain, gzip, zstd) or stdin, cut into blocks of whole lines;
+//!   and the [`source::Source`] trait of partitioned logs the service reads (Kafka, or the
+//!   in-memory [`source::memory`] log of the tests).
 //! - [`reading`]: one message → validated [`reading::Reading`]s and rejections (contract §2):
 //!   the fast scanner, the serde paths, validation and the [`reading::reason`] codes, with
 //!   [`timestamp`] parsing event times.
@@ -19,8 +21,9 @@
 //! - [`pipeline`]: applies messages in order and cuts epochs (file mode's threads too).
 //! - [`sink`]: the exact [`sink::schema`], Parquet encoding and upload into a [`sink::store`]
 //!   location, object names ([`sink::layout`]) and [`sink::dead_letter`] records.
-//! - [`run`]: the Kafka service, its [`run::checkpoint`] protocol (contract §5) and
-//!   [`run::telemetry`]; [`kafka`] holds client settings and publishing.
+//! - [`run`]: the service loop, its [`run::checkpoint`] protocol (contract §5), when epochs
+//!   close ([`run::epoch_policy`]), where dead letters go ([`run::dead_letters`]) and
+//!   [`run::telemetry`]; [`kafka`] holds client settings, the Kafka source and publishing.
 //! - [`summary`]: the counters of a run.
 //!
 //! Around them: [`generate`] makes synthetic fleets, [`inspect`] reads output back,
