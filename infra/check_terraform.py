@@ -409,7 +409,8 @@ def check(directory: Path) -> list[str]:
         for probe_kind in ("liveness_probe", "readiness_probe"):
             probe = one(one(container[probe_kind])["http_get"])
             expect(
-                bundle.value(probe["path"]) in METERFLOW_PATHS and probe["port"] == metrics_port,
+                bundle.value(probe["path"]) in METERFLOW_PATHS
+                and bundle.value(probe["port"]) == metrics_port,
                 f"meterflow {probe_kind} is not on a served path of the metrics port",
             )
         security = one(container["security_context"])
@@ -536,7 +537,13 @@ BREAKAGES = [
     ("meterflow.tf", 'key  = "AWS_SECRET_ACCESS_KEY"', 'key  = "AWS_SECRET_KEY"'),
     ("meterflow.tf", 'path = "/readyz"', 'path = "/ready"'),
     ("meterflow.tf", "MF_TOPICS        = var.topic", "MF_TOPIC         = var.topic"),
-    ("meterflow.tf", '"prometheus.io/port"   = "9898"', '"prometheus.io/port"   = "9090"'),
+    (
+        "meterflow.tf",
+        '"prometheus.io/port"   = tostring(local.metrics_port)',
+        '"prometheus.io/port"   = "9090"',
+    ),
+    # The liveness probe (the first probe port) off the served port.
+    ("meterflow.tf", "              port = local.metrics_port", "              port = 9090"),
     ("minio.tf", "target_port = 9000", "target_port = 9002"),
     ("minio.tf", "name      = local.minio_service", 'name      = "minio-s3"'),
     ("variables.tf", 'default     = "apache/kafka:4.1.0"', 'default     = "apache/kafka:latest"'),
