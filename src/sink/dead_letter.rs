@@ -8,12 +8,12 @@ use serde::{Serialize, Serializer};
 use crate::reading::reason::Reason;
 use crate::timestamp::write_micros;
 
-/// Where a record came from, so an operator can find it again.
+/// Where a record came from, so an operator can find it again. File and topic names are
+/// shared by all the dead letters of a source: a refusal costs no copy of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Origin {
     /// A line of an input file (1-based).
-    /// Names are shared by all the dead letters of a source: a refusal costs no copy of them.
     File {
         #[serde(serialize_with = "shared_str")]
         file: Arc<str>,

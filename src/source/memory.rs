@@ -64,15 +64,6 @@ impl MemoryLog {
         );
     }
 
-    /// Adds partitions to an existing topic, up to `partitions`.
-    pub fn grow_topic(&self, topic: &str, partitions: usize) {
-        let mut log = self.lock();
-        let list = log.topics.entry(topic.to_string()).or_default();
-        while list.len() < partitions {
-            list.push(PartitionLog::default());
-        }
-    }
-
     /// Appends a record at the partition's next offset; returns that offset.
     ///
     /// # Panics
