@@ -1,13 +1,20 @@
 //! Run counters and the human-readable summary printed at the end of a run.
+//!
+//! A checkpoint keeps the counters that only the run can know (messages, rows, bytes, …)
+//! so summaries and metrics survive restarts; the ones derived from the per-device state
+//! (resets, devices, evictions) and the wall time are not serialized. The serialized field
+//! order is part of the checkpoint format (`tests/checkpoint_format.rs`).
 
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::reading::reason::Reason;
 use crate::sink::EpochFiles;
 
-/// What a run did; every number the summary and (later) the metrics report.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What a run did; every number the summary and the metrics report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     /// Input messages (non-blank lines or Kafka records).
     pub messages: u64,
@@ -18,20 +25,51 @@ pub struct Summary {
     /// Rows written to Parquet.
     pub rows: u64,
     /// Dead letters, indexed by [`Reason::index`].
+    #[serde(with = "per_reason")]
     pub dead_letters: [u64; Reason::ALL.len()],
     /// Exact duplicates dropped.
     pub duplicates: u64,
     /// Rows whose energy went down (null `delta_energy`).
+    #[serde(skip)]
     pub counter_resets: u64,
     /// Parquet files written.
     pub files: u64,
     /// Bytes uploaded (Parquet and dead letters).
     pub bytes: u64,
     /// Devices in state at the end.
+    #[serde(skip)]
     pub devices: u64,
     /// Devices the state TTL dropped (`--state-ttl`).
+    #[serde(skip)]
     pub devices_evicted: u64,
+    #[serde(skip)]
     pub elapsed: Duration,
+}
+
+/// Dead-letter counts as a sequence, so a checkpoint written before a reason was added
+/// (a shorter sequence) still reads, the missing counts being zero.
+mod per_reason {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::reading::reason::Reason;
+
+    pub fn serialize<S: Serializer>(
+        counts: &[u64; Reason::ALL.len()],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(counts)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<[u64; Reason::ALL.len()], D::Error> {
+        let saved = Vec::<u64>::deserialize(deserializer)?;
+        let mut counts = [0; Reason::ALL.len()];
+        for (count, saved) in counts.iter_mut().zip(saved) {
+            *count = saved;
+        }
+        Ok(counts)
+    }
 }
 
 impl Summary {

@@ -8,7 +8,7 @@ use meterflow::deltas::{DayRows, Row, StateSettings};
 use meterflow::pipeline::{PipelineOptions, Processor};
 use meterflow::reading::{DecodedBlock, Limits};
 use meterflow::run::checkpoint::{
-    decode_checkpoint, encode_checkpoint, Checkpoint, Totals, CHECKPOINT_FORMAT,
+    decode_checkpoint, encode_checkpoint, Checkpoint, CHECKPOINT_FORMAT,
 };
 use meterflow::sink::dead_letter::Origin;
 use meterflow::timestamp::MICROS_PER_MINUTE;
@@ -98,7 +98,7 @@ fn checkpoint(processor: &Processor) -> Checkpoint {
         partitions: vec![("meter-readings".into(), 0)],
         next_offsets: vec![40],
         files: vec!["date=2022-07-11/part-00000003-0000.parquet".into()],
-        totals: Totals::from_summary(&processor.summary),
+        totals: processor.summary.clone(),
         state: processor.encode_state().unwrap(),
     }
 }
@@ -120,9 +120,15 @@ fn a_checkpoint_of_this_format_is_read_back_and_continued_exactly() {
     );
 
     let restored = decode_checkpoint(FIXTURE, &fixture).unwrap();
-    assert_eq!(restored, checkpoint(&first));
+    assert_eq!(
+        encode_checkpoint(&restored).unwrap(),
+        fixture,
+        "decoding the fixture loses nothing"
+    );
+    assert_eq!(restored.totals.messages, first.summary.messages);
+    assert_eq!(restored.totals.dead_letters, first.summary.dead_letters);
     let mut second =
-        Processor::restore(&options(), &restored.state, restored.totals.to_summary()).unwrap();
+        Processor::restore(&options(), &restored.state, restored.totals.clone()).unwrap();
     apply(&mut second, &lines[40..]);
     got.extend(rows(&mut second, true));
 

@@ -88,53 +88,6 @@ pub struct Intent {
     pub end_of_input: bool,
 }
 
-/// Totals since the first epoch, kept so metrics and summaries survive restarts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    pub messages: u64,
-    pub readings: u64,
-    pub accepted: u64,
-    pub rows: u64,
-    pub dead_letters: Vec<u64>,
-    pub duplicates: u64,
-    pub files: u64,
-    pub bytes: u64,
-}
-
-impl Totals {
-    pub fn from_summary(summary: &Summary) -> Self {
-        Totals {
-            messages: summary.messages,
-            readings: summary.readings,
-            accepted: summary.accepted,
-            rows: summary.rows,
-            dead_letters: summary.dead_letters.to_vec(),
-            duplicates: summary.duplicates,
-            files: summary.files,
-            bytes: summary.bytes,
-        }
-    }
-
-    /// The totals as a summary (counters the state keeps itself, such as resets, and the
-    /// elapsed time are not part of them).
-    pub fn to_summary(&self) -> Summary {
-        let mut summary = Summary {
-            messages: self.messages,
-            readings: self.readings,
-            accepted: self.accepted,
-            rows: self.rows,
-            duplicates: self.duplicates,
-            files: self.files,
-            bytes: self.bytes,
-            ..Summary::default()
-        };
-        for (total, saved) in summary.dead_letters.iter_mut().zip(&self.dead_letters) {
-            *total = *saved;
-        }
-        summary
-    }
-}
-
 /// The committed state after an epoch: the source of truth on restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -146,7 +99,8 @@ pub struct Checkpoint {
     pub next_offsets: Vec<i64>,
     /// Data files this epoch wrote (relative paths).
     pub files: Vec<String>,
-    pub totals: Totals,
+    /// Counters since the first epoch, so metrics and summaries survive restarts.
+    pub totals: Summary,
     /// The per-device state (`Deltas::encode_state`).
     pub state: Vec<u8>,
 }
@@ -375,16 +329,17 @@ mod tests {
     }
 
     fn checkpoint(epoch: u64) -> Checkpoint {
+        let mut totals = Summary {
+            messages: epoch,
+            ..Summary::default()
+        };
+        totals.dead_letters[..2].copy_from_slice(&[1, 2]);
         Checkpoint {
             epoch,
             partitions: vec![("meter-readings".into(), 0), ("meter-readings".into(), 1)],
             next_offsets: vec![10 * epoch as i64, 7],
             files: vec![format!("date=2022-07-11/part-{epoch:08}-0000.parquet")],
-            totals: Totals {
-                messages: epoch,
-                dead_letters: vec![1, 2],
-                ..Totals::default()
-            },
+            totals,
             state: vec![1, 2, 3, epoch as u8],
         }
     }

@@ -34,7 +34,7 @@ use crate::kafka::{KafkaSettings, KafkaSetupError};
 use crate::pipeline::{write_epoch, PipelineOptions, Processor};
 use crate::reading::{DecodedBlock, Limits};
 use crate::run::checkpoint::{
-    Checkpoint, CheckpointError, CheckpointStore, Intent, PartitionRange, Totals,
+    Checkpoint, CheckpointError, CheckpointStore, Intent, PartitionRange,
 };
 use crate::run::dead_letters::{DeadLetterDestination, EpochFile};
 use crate::run::epoch_policy::{EpochPolicy, LoopState};
@@ -229,7 +229,7 @@ pub fn run_on(
     let (mut processor, mut partitions, mut epoch) = match &latest {
         Some(checkpoint) => {
             let processor =
-                Processor::restore(&pipeline, &checkpoint.state, checkpoint.totals.to_summary())?;
+                Processor::restore(&pipeline, &checkpoint.state, checkpoint.totals.clone())?;
             let partitions: Vec<Partition> = checkpoint
                 .partitions
                 .iter()
@@ -565,7 +565,7 @@ impl Service<'_> {
                 .map(|p| p.next_offset.unwrap_or(0))
                 .collect(),
             files: written.data_files,
-            totals: Totals::from_summary(&self.processor.summary),
+            totals: self.processor.summary.clone(),
             state: self.processor.encode_state()?,
         };
         self.runtime
