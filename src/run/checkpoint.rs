@@ -6,6 +6,17 @@
 //! created with a conditional put (`PutMode::Create`), so of two instances sharing a prefix only
 //! one can own an epoch: the other gets [`CheckpointError::Fenced`] before it writes a file.
 //!
+//! Pruning removes old intents and checkpoints, so a conditional put alone cannot fence an
+//! instance that was paused for longer than [`KEEP_EPOCHS`] epochs: its create would succeed.
+//! Every claim is therefore also checked against the newest checkpoint, before the create and
+//! after it (an epoch at or below a committed one is [`CheckpointError::Behind`], and an object
+//! created that late is removed again). The newest checkpoint is never pruned, so the check
+//! holds whatever was pruned.
+//!
+//! A create the store reports as failed, or as already existing, is read back: holding this
+//! instance's own bytes, it is this instance's write (a reply lost after the write succeeded,
+//! and the client's retry found the object), not another instance's.
+//!
 //! A crash between intent and checkpoint leaves files that a restart rewrites byte for byte by
 //! replaying the intent: the intent fixes the messages, their order and the clock, and
 //! everything else is a pure function of them and the previous checkpoint's state.
@@ -28,6 +39,21 @@ pub enum CheckpointError {
          checkpoint prefix; this instance stops so that only one writes"
     )]
     Fenced { epoch: u64, location: String },
+    #[error(
+        "epoch {epoch} in {location} is at or below epoch {committed}, which another instance \
+         already committed: this instance was paused or cut off, and stops without writing"
+    )]
+    Behind {
+        epoch: u64,
+        committed: u64,
+        location: String,
+    },
+    #[error(
+        "the object store at {location} does not enforce conditional creates (If-None-Match): \
+         a second create of {probe} succeeded, so two instances could both commit an epoch; \
+         run on a store that refuses it (AWS S3, MinIO)"
+    )]
+    ConditionalPutIgnored { location: String, probe: String },
     #[error("cannot read or write checkpoint object {path}")]
     Store {
         path: String,
@@ -47,6 +73,16 @@ pub enum CheckpointError {
         supported: u32,
         by: &'static str,
     },
+}
+
+impl CheckpointError {
+    /// Another instance owns the epoch or a later one: this instance must stop writing.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            CheckpointError::Fenced { .. } | CheckpointError::Behind { .. }
+        )
+    }
 }
 
 /// Format of checkpoint objects (and of the per-device state inside them). Format 0 had no
@@ -129,28 +165,7 @@ impl CheckpointStore {
 
     /// The checkpoint with the highest epoch, if any.
     pub async fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        let directory = self.location.child(CHECKPOINT_DIR);
-        let listed: Vec<_> = self
-            .location
-            .store
-            .list(Some(&directory))
-            .try_collect()
-            .await
-            .map_err(|source| CheckpointError::Store {
-                path: directory.to_string(),
-                source,
-            })?;
-        let latest = listed
-            .iter()
-            .filter_map(|meta| {
-                let name = meta.location.filename()?;
-                name.strip_prefix("checkpoint-")?
-                    .strip_suffix(".bin")?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max();
-        let Some(epoch) = latest else {
+        let Some(epoch) = self.latest_epoch().await? else {
             return Ok(None);
         };
         let relative = checkpoint_name(epoch);
@@ -165,6 +180,31 @@ impl CheckpointStore {
         Ok(Some(checkpoint))
     }
 
+    /// The highest committed epoch, from a listing of the checkpoint directory.
+    pub async fn latest_epoch(&self) -> Result<Option<u64>, CheckpointError> {
+        let directory = self.location.child(CHECKPOINT_DIR);
+        let listed: Vec<_> = self
+            .location
+            .store
+            .list(Some(&directory))
+            .try_collect()
+            .await
+            .map_err(|source| CheckpointError::Store {
+                path: directory.to_string(),
+                source,
+            })?;
+        Ok(listed
+            .iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?;
+                name.strip_prefix("checkpoint-")?
+                    .strip_suffix(".bin")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max())
+    }
+
     /// The intent of `epoch`, if one was recorded.
     pub async fn intent(&self, epoch: u64) -> Result<Option<Intent>, CheckpointError> {
         let relative = intent_name(epoch);
@@ -174,24 +214,33 @@ impl CheckpointStore {
         }
     }
 
-    /// Records an epoch's intent; [`CheckpointError::Fenced`] if the epoch is taken.
+    /// Records an epoch's intent: [`CheckpointError::Fenced`] if another instance claimed
+    /// the epoch, [`CheckpointError::Behind`] if one already committed it or a later one.
     pub async fn record_intent(&self, intent: &Intent) -> Result<(), CheckpointError> {
         let versioned = Versioned {
             format: INTENT_FORMAT,
             body: intent,
         };
         let text = serde_json::to_vec_pretty(&versioned).map_err(|e| corrupt("intent", e))?;
-        self.create(&intent_name(intent.epoch), intent.epoch, text)
+        let relative = intent_name(intent.epoch);
+        self.refuse_committed(intent.epoch, intent.epoch).await?;
+        self.create(&relative, intent.epoch, text.into()).await?;
+        self.withdraw_if_committed(&relative, intent.epoch, intent.epoch)
             .await
     }
 
-    /// Commits an epoch; [`CheckpointError::Fenced`] if another instance committed it first.
-    /// Then removes what is older than the last [`KEEP_EPOCHS`] epochs.
+    /// Commits an epoch: [`CheckpointError::Fenced`] if another instance committed it first
+    /// with other bytes, [`CheckpointError::Behind`] if a later epoch is committed. Then
+    /// removes what is older than the last [`KEEP_EPOCHS`] epochs.
     pub async fn commit(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-        let relative = checkpoint_name(checkpoint.epoch);
+        let epoch = checkpoint.epoch;
+        let relative = checkpoint_name(epoch);
         let encoded = encode_checkpoint(checkpoint).map_err(|e| corrupt(&relative, e))?;
-        self.create(&relative, checkpoint.epoch, encoded).await?;
-        if let Some(old) = checkpoint.epoch.checked_sub(KEEP_EPOCHS) {
+        self.refuse_committed(epoch, epoch).await?;
+        self.create(&relative, epoch, encoded.into()).await?;
+        self.withdraw_if_committed(&relative, epoch, epoch + 1)
+            .await?;
+        if let Some(old) = epoch.checked_sub(KEEP_EPOCHS) {
             for name in [intent_name(old), checkpoint_name(old)] {
                 // Best effort: a leftover old object is harmless, `latest` takes the newest.
                 let _ = self
@@ -204,27 +253,113 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Refuses to start the protocol on a store that does not enforce conditional creates:
+    /// creates a probe object twice (the second must be refused), then removes it.
+    pub async fn verify_conditional_create(&self) -> Result<(), CheckpointError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let relative = format!("{CHECKPOINT_DIR}/probe-{nanos}-{}", std::process::id());
+        let path = self.location.child(&relative);
+        // The first create reads back an ambiguous failure like any other create.
+        self.create(&relative, 0, Bytes::from_static(b"probe"))
+            .await?;
+        let second = self
+            .location
+            .store
+            .put_opts(
+                &path,
+                PutPayload::from_static(b"probe"),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        let _ = self.location.store.delete(&path).await;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(()),
+            Ok(_) => Err(CheckpointError::ConditionalPutIgnored {
+                location: self.location.display.clone(),
+                probe: relative,
+            }),
+            Err(source) => Err(CheckpointError::Store {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// [`CheckpointError::Behind`] if an epoch at or above `from` is committed.
+    async fn refuse_committed(&self, epoch: u64, from: u64) -> Result<(), CheckpointError> {
+        match self.latest_epoch().await? {
+            Some(committed) if committed >= from => Err(CheckpointError::Behind {
+                epoch,
+                committed,
+                location: self.location.display.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After this instance created `relative`: if an epoch at or above `from` is committed,
+    /// the create came too late (its fence had been pruned), so the object is removed again.
+    async fn withdraw_if_committed(
+        &self,
+        relative: &str,
+        epoch: u64,
+        from: u64,
+    ) -> Result<(), CheckpointError> {
+        let late = self.refuse_committed(epoch, from).await;
+        if late.is_err() {
+            tracing::warn!(
+                epoch,
+                object = relative,
+                "created after a later epoch was committed; removing it"
+            );
+            let _ = self
+                .location
+                .store
+                .delete(&self.location.child(relative))
+                .await;
+        }
+        late
+    }
+
+    /// Creates an object unless it exists. When the store reports a conflict or an error,
+    /// the object is read back: holding these very bytes it is this instance's own write.
     async fn create(
         &self,
         relative: &str,
         epoch: u64,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     ) -> Result<(), CheckpointError> {
         let path = self.location.child(relative);
         let options = PutOptions::from(PutMode::Create);
         let put = self
             .location
             .store
-            .put_opts(&path, PutPayload::from(Bytes::from(bytes)), options)
+            .put_opts(&path, PutPayload::from(bytes.clone()), options)
             .await;
-        match put {
-            Ok(_) => Ok(()),
+        let conflict = match put {
+            Ok(_) => return Ok(()),
             Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Err(CheckpointError::Fenced {
-                epoch,
-                location: self.location.display.clone(),
-            }),
-            Err(source) => Err(CheckpointError::Store {
+            | Err(object_store::Error::Precondition { .. }) => None,
+            Err(source) => Some(source),
+        };
+        let fenced = || CheckpointError::Fenced {
+            epoch,
+            location: self.location.display.clone(),
+        };
+        match (self.get(relative).await, conflict) {
+            (Ok(Some(stored)), _) if stored == bytes => {
+                tracing::warn!(
+                    object = relative,
+                    "the store reported a failed create, but the object holds this instance's \
+                     bytes: the write succeeded"
+                );
+                Ok(())
+            }
+            (Ok(Some(_)), _) | (_, None) => Err(fenced()),
+            (_, Some(source)) => Err(CheckpointError::Store {
                 path: path.to_string(),
                 source,
             }),
@@ -384,17 +519,64 @@ mod tests {
     async fn a_second_claim_on_an_epoch_is_fenced() {
         let (_dir, store) = local();
         store.record_intent(&intent(0)).await.unwrap();
-        let again = store.record_intent(&intent(0)).await.unwrap_err();
+        let other = Intent {
+            processing_time: intent(0).processing_time + 1,
+            ..intent(0)
+        };
+        let again = store.record_intent(&other).await.unwrap_err();
         assert!(
             matches!(again, CheckpointError::Fenced { epoch: 0, .. }),
             "{again}"
         );
+        // The same bytes again are this instance's own write (a retry after a lost reply).
+        store.record_intent(&intent(0)).await.unwrap();
         store.commit(&checkpoint(0)).await.unwrap();
         let again = store.commit(&checkpoint(0)).await.unwrap_err();
         assert!(
-            matches!(again, CheckpointError::Fenced { epoch: 0, .. }),
+            matches!(
+                again,
+                CheckpointError::Behind {
+                    epoch: 0,
+                    committed: 0,
+                    ..
+                }
+            ),
             "{again}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_epoch_whose_objects_were_pruned_cannot_be_claimed_again() {
+        let (dir, store) = local();
+        for epoch in 0..7 {
+            store.record_intent(&intent(epoch)).await.unwrap();
+            store.commit(&checkpoint(epoch)).await.unwrap();
+        }
+        let names = || {
+            let mut names: Vec<_> = std::fs::read_dir(dir.path().join(CHECKPOINT_DIR))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = names();
+        assert!(!before.iter().any(|n| n.contains("00001.")), "{before:?}");
+        for epoch in [1, 3, 6] {
+            let error = store.record_intent(&intent(epoch)).await.unwrap_err();
+            assert!(
+                matches!(error, CheckpointError::Behind { committed: 6, .. }),
+                "{error}"
+            );
+            let error = store.commit(&checkpoint(epoch)).await.unwrap_err();
+            assert!(
+                matches!(error, CheckpointError::Behind { committed: 6, .. }),
+                "{error}"
+            );
+        }
+        assert_eq!(names(), before, "nothing created");
+        store.verify_conditional_create().await.unwrap();
+        assert_eq!(names(), before, "the probe leaves nothing behind");
     }
 
     #[tokio::test]

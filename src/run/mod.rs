@@ -211,6 +211,7 @@ pub fn run_on(
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
     let checkpoints = CheckpointStore::new(sink.location().clone());
+    runtime.block_on(checkpoints.verify_conditional_create())?;
     let latest = runtime.block_on(checkpoints.latest())?;
     telemetry.readiness.set_store(true);
     let discovered = source

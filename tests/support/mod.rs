@@ -6,6 +6,9 @@
 //! except under `CI=true`, where a missing service fails the run.
 #![allow(dead_code)] // Each test binary uses its own part of the support module.
 
+pub mod faulty_store;
+pub mod service;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

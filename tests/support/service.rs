@@ -1,0 +1,293 @@
+//! The service in process, on an in-memory log and object store: fleets to feed it, runs,
+//! and the `transform` of the same input to compare its output with.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::num::NonZeroU32;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use meterflow::deltas::StateSettings;
+use meterflow::generate::{generate, GenerateOptions};
+use meterflow::inspect::read_all;
+use meterflow::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
+use meterflow::pipeline::{self, PipelineOptions};
+use meterflow::reading::Limits;
+use meterflow::run::checkpoint::CheckpointStore;
+use meterflow::run::dead_letters::EpochFile;
+use meterflow::run::epoch_policy::EpochPolicy;
+use meterflow::run::telemetry::Telemetry;
+use meterflow::run::{run_on, RunError, RunOptions, RunReport};
+use meterflow::sink::store::Location;
+use meterflow::sink::{ParquetSink, SinkOptions};
+use meterflow::source::files::Input;
+use meterflow::source::memory::MemoryLog;
+use meterflow::timestamp::{parse_micros, MICROS_PER_MINUTE};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::{rows, Row};
+
+pub const TOPIC: &str = "readings";
+/// One day, as `--max-future`'s default.
+pub const MAX_FUTURE: i64 = 86_400_000_000;
+
+pub fn now_micros() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    since_epoch.as_micros() as i64
+}
+
+/// A generated fleet's lines (disorder within the lateness, duplicates, faults).
+pub fn fleet(devices: u32, seed: u64) -> Vec<String> {
+    let options = GenerateOptions {
+        devices,
+        hours: 4.0,
+        interval: 5 * MICROS_PER_MINUTE,
+        seed,
+        disorder: 2 * MICROS_PER_MINUTE,
+        fault_rate: 0.01,
+        duplicate_rate: 0.01,
+        start: parse_micros("2022-07-11T00:00:00Z").unwrap(),
+        devices_per_message: NonZeroU32::new(4).unwrap(),
+    };
+    let mut bytes = Vec::new();
+    generate(&options, &mut bytes).unwrap();
+    String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The partition a line goes to: by its first device's gateway, so a device stays in one
+/// partition (as `generate --kafka-brokers` keys them); unreadable lines go to partition 0.
+pub fn partition_of(line: &str, partitions: i32) -> i32 {
+    let first = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["measurements"][0]["device_id"].as_i64());
+    first.map_or(0, |id| (id / 4 % i64::from(partitions)) as i32)
+}
+
+/// A log with `lines` spread over `partitions` partitions.
+pub fn log_of(lines: &[String], partitions: i32) -> MemoryLog {
+    let log = MemoryLog::default();
+    log.create_topic(TOPIC, partitions as usize);
+    for line in lines {
+        log.append(TOPIC, partition_of(line, partitions), line.as_bytes());
+    }
+    log
+}
+
+pub fn memory_location() -> Location {
+    Location {
+        store: Arc::new(InMemory::new()),
+        prefix: Path::from("out"),
+        display: "memory://out".into(),
+    }
+}
+
+pub fn options(policy: EpochPolicy, idle_timeout: Duration, stop_when_drained: bool) -> RunOptions {
+    RunOptions {
+        kafka: KafkaSettings {
+            brokers: "unused".into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            ca_file: None,
+            options: Vec::new(),
+        },
+        topics: vec![TOPIC.into()],
+        group: "test".into(),
+        state: StateSettings::with_lateness(10 * MICROS_PER_MINUTE),
+        max_future: MAX_FUTURE,
+        epoch: policy,
+        idle_timeout,
+        stop_when_drained,
+        request_timeout: Duration::from_secs(5),
+        dead_letter_topic: None,
+    }
+}
+
+/// Epochs every 50 ms or 64 KiB, drained runs stop.
+pub fn draining() -> RunOptions {
+    options(
+        EpochPolicy {
+            interval: Duration::from_millis(50),
+            max_bytes: 64 << 10,
+        },
+        Duration::from_secs(30),
+        true,
+    )
+}
+
+/// Epochs every `interval`, no byte bound, until stopped.
+pub fn every(interval: Duration) -> RunOptions {
+    options(
+        EpochPolicy {
+            interval,
+            max_bytes: usize::MAX,
+        },
+        Duration::from_secs(30),
+        false,
+    )
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// Runs the service on `log` into `location` until it returns.
+pub fn serve(
+    log: &MemoryLog,
+    location: &Location,
+    options: &RunOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport, RunError> {
+    let runtime = runtime();
+    let sink = ParquetSink::new(location.clone(), SinkOptions::default()).unwrap();
+    let mut source = log.source();
+    run_on(
+        &mut source,
+        Box::new(EpochFile),
+        options,
+        &sink,
+        runtime.handle(),
+        &Telemetry::default(),
+        stop,
+    )
+}
+
+pub fn never() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+/// The service on its own thread, with the flag that stops it.
+pub fn spawn_serve(
+    log: &MemoryLog,
+    location: &Location,
+    options: RunOptions,
+) -> (
+    thread::JoinHandle<Result<RunReport, RunError>>,
+    Arc<AtomicBool>,
+) {
+    let stop = never();
+    let (log, location, flag) = (log.clone(), location.clone(), stop.clone());
+    let running = thread::spawn(move || serve(&log, &location, &options, flag));
+    (running, stop)
+}
+
+/// Every object under the location, path → bytes.
+pub fn objects(location: &Location) -> BTreeMap<String, Vec<u8>> {
+    runtime().block_on(async {
+        let metas: Vec<_> = location
+            .store
+            .list(Some(&location.prefix))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut objects = BTreeMap::new();
+        for meta in metas {
+            let bytes = location.store.get(&meta.location).await.unwrap();
+            let bytes = bytes.bytes().await.unwrap();
+            objects.insert(meta.location.to_string(), bytes.to_vec());
+        }
+        objects
+    })
+}
+
+/// The rows of an output, sorted.
+pub fn output_rows(location: &Location) -> Vec<Row> {
+    rows(&runtime().block_on(read_all(location)).unwrap())
+}
+
+/// The dead letters of an output as (reason, record), sorted.
+pub fn output_letters(location: &Location) -> Vec<(String, String)> {
+    let mut letters: Vec<(String, String)> = objects(location)
+        .iter()
+        .filter(|(path, _)| path.contains("_dead_letter/"))
+        .flat_map(|(_, bytes)| {
+            String::from_utf8(bytes.clone())
+                .unwrap()
+                .lines()
+                .map(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    (
+                        v["reason"].as_str().unwrap().to_owned(),
+                        v["record"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    letters.sort();
+    letters
+}
+
+/// `meterflow transform` of the same lines, in process: rows and dead letters.
+pub fn transform(lines: &[String]) -> (Vec<Row>, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut file = std::fs::File::create(&input).unwrap();
+    for line in lines {
+        writeln!(file, "{line}").unwrap();
+    }
+    let location = memory_location();
+    let sink = ParquetSink::new(location.clone(), SinkOptions::default()).unwrap();
+    let runtime = runtime();
+    let options = PipelineOptions {
+        state: StateSettings::with_lateness(10 * MICROS_PER_MINUTE),
+        // The service's future-time guard: its processing time plus `max_future`.
+        limits: Limits {
+            latest_time: now_micros() + MAX_FUTURE,
+        },
+        epoch_readings: 1_000_000,
+    };
+    pipeline::transform(
+        vec![Input::Path(input)],
+        &sink,
+        runtime.handle(),
+        &options,
+        |_| {},
+    )
+    .unwrap();
+    (output_rows(&location), output_letters(&location))
+}
+
+/// Asserts two sorted row lists are equal, showing only the rows that differ.
+pub fn assert_same_rows(got: &[Row], expected: &[Row]) {
+    let missing: Vec<&Row> = expected
+        .iter()
+        .filter(|r| got.binary_search(r).is_err())
+        .collect();
+    let extra: Vec<&Row> = got
+        .iter()
+        .filter(|r| expected.binary_search(r).is_err())
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && got.len() == expected.len(),
+        "{} rows, {} expected; missing {missing:?}; extra {extra:?}",
+        got.len(),
+        expected.len()
+    );
+}
+
+/// Waits until `done` holds, for at most 20 s.
+pub fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn latest_checkpoint_epoch(location: &Location) -> Option<u64> {
+    runtime()
+        .block_on(CheckpointStore::new(location.clone()).latest())
+        .unwrap()
+        .map(|c| c.epoch)
+}
