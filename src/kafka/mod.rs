@@ -178,16 +178,56 @@ impl fmt::Display for KafkaSettings {
             write!(f, " ssl.ca.location={}", ca.display())?;
         }
         for (key, value) in &self.options {
-            let shown = if key.contains("password") || key.contains("secret") {
-                "***"
-            } else {
+            let shown = if SHOWN_OPTIONS.contains(&key.as_str()) {
                 value
+            } else {
+                "***"
             };
             write!(f, " {key}={shown}")?;
         }
         Ok(())
     }
 }
+
+/// `--kafka-option` keys whose values are shown in the start-up log. Every other value is
+/// masked: librdkafka has secrets under many names (`ssl.key.pem`, `ssl.keystore.password`,
+/// `sasl.oauthbearer.config`, …), so only keys known to hold no secret are shown.
+const SHOWN_OPTIONS: &[&str] = &[
+    "acks",
+    "api.version.request",
+    "auto.offset.reset",
+    "batch.size",
+    "broker.address.family",
+    "client.id",
+    "client.rack",
+    "compression.type",
+    "debug",
+    "enable.ssl.certificate.verification",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.wait.max.ms",
+    "isolation.level",
+    "linger.ms",
+    "max.partition.fetch.bytes",
+    "message.max.bytes",
+    "metadata.max.age.ms",
+    "queued.max.messages.kbytes",
+    "queued.min.messages",
+    "reconnect.backoff.max.ms",
+    "reconnect.backoff.ms",
+    "retry.backoff.ms",
+    "sasl.kerberos.service.name",
+    "sasl.oauthbearer.method",
+    "socket.connection.setup.timeout.ms",
+    "socket.keepalive.enable",
+    "socket.timeout.ms",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.endpoint.identification.algorithm",
+    "ssl.key.location",
+    "statistics.interval.ms",
+    "topic.metadata.refresh.interval.ms",
+];
 
 impl KafkaSettings {
     /// A client configuration with the connection and security settings.
@@ -283,14 +323,29 @@ mod tests {
             security_protocol: SecurityProtocol::SaslSsl,
             sasl_mechanism: SaslMechanism::ScramSha512,
             ca_file: None,
-            options: vec![("sasl.password".into(), "hunter2".into())],
+            options: vec![
+                ("sasl.password".into(), "hunter2".into()),
+                ("ssl.key.pem".into(), "-----BEGIN PRIVATE KEY-----".into()),
+                (
+                    "sasl.oauthbearer.config".into(),
+                    "clientSecret=s3cr3t".into(),
+                ),
+                ("ssl.keystore.password".into(), "storepass".into()),
+                ("client.id".into(), "meterflow-7".into()),
+            ],
         };
         let shown = settings.to_string();
         assert!(
             shown.contains("SASL_SSL") && shown.contains("SCRAM-SHA-512"),
             "{shown}"
         );
-        assert!(!shown.contains("hunter2"), "{shown}");
+        for secret in ["hunter2", "PRIVATE KEY", "s3cr3t", "storepass"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(
+            shown.contains("client.id=meterflow-7"),
+            "known-safe keys are shown"
+        );
     }
 
     #[test]
