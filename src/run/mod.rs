@@ -211,8 +211,10 @@ pub fn run_on(
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
     let checkpoints = CheckpointStore::new(sink.location().clone());
-    runtime.block_on(checkpoints.verify_conditional_create())?;
+    // Reading first: a missing bucket is reported as such (some stores create a bucket on
+    // the probe's put).
     let latest = runtime.block_on(checkpoints.latest())?;
+    runtime.block_on(checkpoints.verify_conditional_create())?;
     telemetry.readiness.set_store(true);
     let discovered = source
         .partitions(&options.topics)
