@@ -264,6 +264,36 @@ fn paused_instance(step: Step) {
 }
 
 #[test]
+fn a_claim_stays_when_the_listing_after_it_fails() {
+    // The listing that checks a fresh intent fails: the intent may already be replayed by
+    // another instance, so it must stay, and a restart replays it.
+    let lines = fleet(16, 27);
+    let log = log_of(&lines, 2);
+    let location = memory_location();
+    let intent = format!("intent-{:020}.json", 2);
+    let store = FaultyStore::new(location.store.clone()).failing_list({
+        let intent = intent.clone();
+        move |writes| {
+            writes
+                .last()
+                .is_some_and(|w| w.ok && w.path.ends_with(&intent))
+        }
+    });
+    let options = by_size(12 << 10, true);
+    let error = serve_through(&log, &location, &store, &options).expect_err("the listing failed");
+    assert!(!is_fenced(&error), "{error:?}");
+    assert!(
+        objects(&location)
+            .keys()
+            .any(|path| path.ends_with(&intent)),
+        "the claimed intent stays"
+    );
+    let restarted = serve(&log, &location, &options, never()).unwrap();
+    assert!(restarted.epochs >= 2, "the intent replayed, then the rest");
+    assert_same_rows(&output_rows(&location), &transform(&lines).0);
+}
+
+#[test]
 fn a_store_that_ignores_conditional_creates_is_refused_at_start() {
     let lines = fleet(4, 25);
     let location = memory_location();

@@ -308,20 +308,24 @@ impl CheckpointStore {
         epoch: u64,
         from: u64,
     ) -> Result<(), CheckpointError> {
-        let late = self.refuse_committed(epoch, from).await;
-        if late.is_err() {
-            tracing::warn!(
-                epoch,
-                object = relative,
-                "created after a later epoch was committed; removing it"
-            );
-            let _ = self
-                .location
-                .store
-                .delete(&self.location.child(relative))
-                .await;
+        match self.refuse_committed(epoch, from).await {
+            // Only a proven late create is withdrawn: after a failed listing the object may
+            // be a live claim another instance is already replaying.
+            Err(late @ CheckpointError::Behind { .. }) => {
+                tracing::warn!(
+                    epoch,
+                    object = relative,
+                    "created after a later epoch was committed; removing it"
+                );
+                let _ = self
+                    .location
+                    .store
+                    .delete(&self.location.child(relative))
+                    .await;
+                Err(late)
+            }
+            other => other,
         }
-        late
     }
 
     /// Creates an object unless it exists. When the store reports a conflict or an error,

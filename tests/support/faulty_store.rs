@@ -55,12 +55,15 @@ pub struct Write {
 }
 
 type Trigger = Box<dyn Fn(&Write) -> bool + Send + Sync>;
+type ListTrigger = Box<dyn Fn(&[Write]) -> bool + Send + Sync>;
 
 struct Shared {
     inner: Arc<dyn ObjectStore>,
     /// Fires once, at the first write it matches.
     trigger: Mutex<Option<(Trigger, Fault)>>,
     writes: Mutex<Vec<Write>>,
+    /// Fails one listing: the first for which it holds, given the writes so far.
+    list_trigger: Mutex<Option<ListTrigger>>,
     /// (paused now, released)
     gate: Mutex<(bool, bool)>,
     gate_changed: Condvar,
@@ -98,10 +101,17 @@ impl FaultyStore {
             inner,
             trigger: Mutex::new(trigger),
             writes: Mutex::new(Vec::new()),
+            list_trigger: Mutex::new(None),
             gate: Mutex::new((false, false)),
             gate_changed: Condvar::new(),
             ignore_create: ignore,
         }))
+    }
+
+    /// Fails the first listing for which `trigger` holds, given the writes so far.
+    pub fn failing_list(self, trigger: impl Fn(&[Write]) -> bool + Send + Sync + 'static) -> Self {
+        *self.0.list_trigger.lock().unwrap() = Some(Box::new(trigger));
+        self
     }
 
     /// Every write so far, in the order they were asked for.
@@ -283,6 +293,12 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let writes = self.0.writes.lock().unwrap();
+        let mut trigger = self.0.list_trigger.lock().unwrap();
+        if trigger.as_ref().is_some_and(|fails| fails(&writes)) {
+            trigger.take();
+            return futures::stream::once(async { Err(injected()) }).boxed();
+        }
         self.0.inner.list(prefix)
     }
 
