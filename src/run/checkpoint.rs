@@ -23,6 +23,7 @@
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
@@ -265,19 +266,12 @@ impl CheckpointStore {
         self.create(&relative, 0, Bytes::from_static(b"probe"))
             .await?;
         let second = self
-            .location
-            .store
-            .put_opts(
-                &path,
-                PutPayload::from_static(b"probe"),
-                PutOptions::from(PutMode::Create),
-            )
+            .put_if_absent(&path, Bytes::from_static(b"probe"))
             .await;
         let _ = self.location.store.delete(&path).await;
         match second {
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(()),
-            Ok(_) => Err(CheckpointError::ConditionalPutIgnored {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(CheckpointError::ConditionalPutIgnored {
                 location: self.location.display.clone(),
                 probe: relative,
             }),
@@ -337,16 +331,9 @@ impl CheckpointStore {
         bytes: Bytes,
     ) -> Result<(), CheckpointError> {
         let path = self.location.child(relative);
-        let options = PutOptions::from(PutMode::Create);
-        let put = self
-            .location
-            .store
-            .put_opts(&path, PutPayload::from(bytes.clone()), options)
-            .await;
-        let conflict = match put {
-            Ok(_) => return Ok(()),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => None,
+        let conflict = match self.put_if_absent(&path, bytes.clone()).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => None,
             Err(source) => Some(source),
         };
         let fenced = || CheckpointError::Fenced {
@@ -367,6 +354,22 @@ impl CheckpointStore {
                 path: path.to_string(),
                 source,
             }),
+        }
+    }
+
+    /// A put that never overwrites: whether it created the object (false: it exists).
+    async fn put_if_absent(&self, path: &Path, bytes: Bytes) -> Result<bool, object_store::Error> {
+        let options = PutOptions::from(PutMode::Create);
+        match self
+            .location
+            .store
+            .put_opts(path, PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(source) => Err(source),
         }
     }
 
