@@ -119,16 +119,6 @@ impl FaultyStore {
         self.0.writes.lock().unwrap().clone()
     }
 
-    /// Whether the fault has been injected.
-    pub fn fired(&self) -> bool {
-        self.0
-            .writes
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|w| w.fault.is_some())
-    }
-
     /// Waits until a write is held by [`Fault::Pause`]; false after `timeout`.
     pub fn wait_paused(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
