@@ -199,6 +199,11 @@ impl Processor {
         self.deltas.encode_state()
     }
 
+    /// Lateness, quorum and state TTL for what is applied from now on.
+    pub fn apply_settings(&mut self, settings: &StateSettings) {
+        self.deltas.apply_settings(settings);
+    }
+
     /// Registers a partition that holds the watermark back until it delivers.
     pub fn add_partition(&mut self, partition: usize) {
         self.deltas.watermark_mut().add_partition(partition);

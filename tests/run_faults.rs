@@ -7,51 +7,14 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use meterflow::run::checkpoint::CheckpointError;
-use meterflow::run::epoch_policy::EpochPolicy;
-use meterflow::run::{RunError, RunOptions, RunReport};
-use meterflow::sink::store::Location;
-use meterflow::source::memory::MemoryLog;
+use meterflow::run::{RunError, RunOptions};
 use support::faulty_store::{Fault, FaultyStore, Write, WriteKind};
 use support::service::*;
 use support::Row;
-
-/// Epochs of `max_bytes` message bytes (no timer, so a run's epochs and writes repeat).
-fn by_size(max_bytes: usize, stop_when_drained: bool) -> RunOptions {
-    options(
-        EpochPolicy {
-            interval: Duration::from_secs(3600),
-            max_bytes,
-        },
-        Duration::from_secs(3600),
-        stop_when_drained,
-    )
-}
-
-/// The location seen through `store` (which wraps `base`'s store).
-fn through(base: &Location, store: &FaultyStore) -> Location {
-    Location {
-        store: Arc::new(store.clone()),
-        ..base.clone()
-    }
-}
-
-fn serve_through(
-    log: &MemoryLog,
-    base: &Location,
-    store: &FaultyStore,
-    options: &RunOptions,
-) -> Result<RunReport, RunError> {
-    serve(log, &through(base, store), options, never())
-}
-
-fn is_fenced(error: &RunError) -> bool {
-    matches!(error, RunError::Checkpoint(e) if e.is_fenced())
-}
 
 #[test]
 fn a_fault_at_any_write_ends_in_the_bucket_transform_writes() {

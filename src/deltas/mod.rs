@@ -470,7 +470,8 @@ impl Deltas {
     }
 
     /// State saved by [`Self::encode_state`]; the index and device order are rebuilt. The
-    /// quorum and TTL of `settings` apply from now on; the lateness is the saved one.
+    /// quorum and TTL of `settings` apply from now on; the lateness is the saved one until
+    /// [`Self::apply_settings`].
     pub fn decode_state(bytes: &[u8], settings: &StateSettings) -> Result<Self, StateError> {
         let state: State = postcard::from_bytes(bytes).map_err(StateError)?;
         let slots = slot_index(&state.devices);
@@ -490,6 +491,14 @@ impl Deltas {
         };
         deltas.update_order();
         Ok(deltas)
+    }
+
+    /// Applies `settings` from the next message on (an epoch recorded with other flags than
+    /// the state was saved with).
+    pub fn apply_settings(&mut self, settings: &StateSettings) {
+        self.watermark.set_lateness(settings.allowed_lateness);
+        self.watermark.set_quorum(settings.watermark_quorum);
+        self.state_ttl = settings.state_ttl;
     }
 
     /// The watermark, read-only.

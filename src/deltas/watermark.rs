@@ -137,6 +137,13 @@ impl Watermark {
         self.quorum = quorum.clamp(1, MAX_QUORUM) as u32;
     }
 
+    /// Changes the allowed lateness (a restart with another setting). The watermark never
+    /// moves back: a longer lateness takes effect once the fronts have moved on by the
+    /// difference, a shorter one at the next advance.
+    pub fn set_lateness(&mut self, allowed_lateness: i64) {
+        self.allowed_lateness = allowed_lateness;
+    }
+
     /// Registers a partition that must deliver before the watermark can pass it.
     pub fn add_partition(&mut self, partition: usize) {
         self.clock(partition);

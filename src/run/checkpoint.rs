@@ -21,14 +21,18 @@
 //! replaying the intent: the intent fixes the messages, their order and the clock, and
 //! everything else is a pure function of them and the previous checkpoint's state.
 
+use std::num::NonZeroUsize;
+
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use crate::deltas::StateSettings;
 use crate::sink::layout::CHECKPOINT_DIR;
 use crate::sink::store::Location;
+use crate::sink::SinkOptions;
 use crate::summary::Summary;
 
 /// Errors reading or writing checkpoints.
@@ -90,8 +94,12 @@ impl CheckpointError {
 /// version mark: a zstd frame of the postcard encoding.
 pub const CHECKPOINT_FORMAT: u32 = 1;
 
-/// Format of intent objects. Format 0 had no `format` field.
-pub const INTENT_FORMAT: u32 = 1;
+/// Format of intent objects written. Format 0 had no `format` field; format 1 had no
+/// `settings`, and is still read (its replay takes the settings from the flags).
+pub const INTENT_FORMAT: u32 = 2;
+
+/// The oldest intent format still read.
+const OLDEST_INTENT_FORMAT: u32 = 1;
 
 /// First bytes of a versioned checkpoint object, followed by the format (u32, little endian)
 /// and the zstd-compressed postcard encoding.
@@ -123,6 +131,94 @@ pub struct Intent {
     pub idle: Vec<bool>,
     /// The stream was drained (tests, backfills): every waiting reading is emitted.
     pub end_of_input: bool,
+    /// The settings the epoch was processed with; `None` in an intent of format 1.
+    #[serde(default)]
+    pub settings: Option<EpochSettings>,
+}
+
+/// Every setting an epoch's bytes depend on besides its messages and its clock, recorded in
+/// its intent so that a replay writes the same bytes whatever the flags are on the restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochSettings {
+    /// `--allowed-lateness`, µs.
+    pub allowed_lateness: i64,
+    /// `--watermark-quorum`.
+    pub watermark_quorum: usize,
+    /// `--state-ttl`, µs.
+    pub state_ttl: Option<i64>,
+    /// `--max-future`, µs.
+    pub max_future: i64,
+    /// `--rows-per-file`.
+    pub rows_per_file: NonZeroUsize,
+    /// `--zstd-level`.
+    pub zstd_level: i32,
+    /// `--dead-letter-topic`; `None` writes the epoch's `_dead_letter/` file.
+    pub dead_letter_topic: Option<String>,
+}
+
+impl EpochSettings {
+    /// The settings of the per-device state.
+    pub fn state(&self) -> StateSettings {
+        StateSettings {
+            allowed_lateness: self.allowed_lateness,
+            watermark_quorum: self.watermark_quorum,
+            state_ttl: self.state_ttl,
+        }
+    }
+
+    /// The settings of the Parquet files.
+    pub fn sink(&self) -> SinkOptions {
+        SinkOptions {
+            rows_per_file: self.rows_per_file,
+            zstd_level: self.zstd_level,
+        }
+    }
+
+    /// The settings that differ from `earlier`, as `flag: earlier → self`.
+    pub fn changes_since(&self, earlier: &EpochSettings) -> Vec<String> {
+        let mut changes = Vec::new();
+        let mut note = |flag: &str, before: String, now: String| {
+            if before != now {
+                changes.push(format!("{flag}: {before} → {now}"));
+            }
+        };
+        note(
+            "--allowed-lateness (µs)",
+            earlier.allowed_lateness.to_string(),
+            self.allowed_lateness.to_string(),
+        );
+        note(
+            "--watermark-quorum",
+            earlier.watermark_quorum.to_string(),
+            self.watermark_quorum.to_string(),
+        );
+        note(
+            "--state-ttl (µs)",
+            format!("{:?}", earlier.state_ttl),
+            format!("{:?}", self.state_ttl),
+        );
+        note(
+            "--max-future (µs)",
+            earlier.max_future.to_string(),
+            self.max_future.to_string(),
+        );
+        note(
+            "--rows-per-file",
+            earlier.rows_per_file.to_string(),
+            self.rows_per_file.to_string(),
+        );
+        note(
+            "--zstd-level",
+            earlier.zstd_level.to_string(),
+            self.zstd_level.to_string(),
+        );
+        note(
+            "--dead-letter-topic",
+            format!("{:?}", earlier.dead_letter_topic),
+            format!("{:?}", self.dead_letter_topic),
+        );
+        changes
+    }
 }
 
 /// The committed state after an epoch: the source of truth on restart.
@@ -433,10 +529,14 @@ struct FormatOnly {
 
 fn decode_intent(path: &str, bytes: &[u8]) -> Result<Intent, CheckpointError> {
     let FormatOnly { format } = serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?;
-    if format != INTENT_FORMAT {
+    if !(OLDEST_INTENT_FORMAT..=INTENT_FORMAT).contains(&format) {
         return Err(format_error(path, format, INTENT_FORMAT));
     }
-    serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))
+    let intent: Intent = serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?;
+    if format >= 2 && intent.settings.is_none() {
+        return Err(corrupt(path, "settings missing"));
+    }
+    Ok(intent)
 }
 
 fn format_error(path: &str, found: u32, supported: u32) -> CheckpointError {
@@ -499,6 +599,15 @@ mod tests {
             processing_time: 1_700_000_000_000_000,
             idle: vec![false],
             end_of_input: false,
+            settings: Some(EpochSettings {
+                allowed_lateness: 600_000_000,
+                watermark_quorum: 3,
+                state_ttl: None,
+                max_future: 86_400_000_000,
+                rows_per_file: NonZeroUsize::new(1000).unwrap(),
+                zstd_level: 1,
+                dead_letter_topic: None,
+            }),
         }
     }
 
@@ -639,6 +748,47 @@ mod tests {
         assert!(
             matches!(error, CheckpointError::Format { found: 0, .. }),
             "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_intent_of_format_1_is_read_without_settings_and_format_2_needs_them() {
+        let (dir, store) = local();
+        let directory = dir.path().join(CHECKPOINT_DIR);
+        std::fs::create_dir_all(&directory).unwrap();
+        let format_1 = r#"{"format": 1, "epoch": 3, "ranges": [{"topic": "t", "partition": 0,
+            "start": 0, "end": 5, "messages": 5}], "processing_time": 1700000000000000,
+            "idle": [false], "end_of_input": false}"#;
+        std::fs::write(directory.join("intent-00000000000000000003.json"), format_1).unwrap();
+        let read = store.intent(3).await.unwrap().unwrap();
+        assert_eq!(
+            read,
+            Intent {
+                settings: None,
+                ..intent(3)
+            }
+        );
+        let format_2 = format_1.replace(r#""format": 1"#, r#""format": 2"#);
+        std::fs::write(directory.join("intent-00000000000000000004.json"), format_2).unwrap();
+        let error = store.intent(4).await.unwrap_err();
+        assert!(matches!(error, CheckpointError::Corrupt { .. }), "{error}");
+    }
+
+    #[test]
+    fn changed_settings_are_named_by_their_flags() {
+        let before = intent(0).settings.unwrap();
+        assert!(before.changes_since(&before).is_empty());
+        let after = EpochSettings {
+            rows_per_file: NonZeroUsize::new(50).unwrap(),
+            dead_letter_topic: Some("letters".into()),
+            ..before.clone()
+        };
+        assert_eq!(
+            after.changes_since(&before),
+            vec![
+                "--rows-per-file: 1000 → 50".to_string(),
+                "--dead-letter-topic: None → Some(\"letters\")".to_string(),
+            ]
         );
     }
 }

@@ -16,6 +16,9 @@ pub trait DeadLetterDestination {
     /// written and before its checkpoint, so a crash in between sends them again (at least
     /// once).
     fn deliver(&self, letters: &[DeadLetter]) -> Result<(), RunError>;
+
+    /// The topic letters go to; `None` for the epoch's file.
+    fn topic(&self) -> Option<&str>;
 }
 
 /// Dead letters stay in the epoch's `_dead_letter/` file, written exactly once with it.
@@ -31,6 +34,10 @@ impl DeadLetterDestination for EpochFile {
         debug_assert!(letters.is_empty(), "the epoch file took them all");
         Ok(())
     }
+
+    fn topic(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl DeadLetterDestination for DeadLetterTopic {
@@ -44,5 +51,9 @@ impl DeadLetterDestination for DeadLetterTopic {
                 topic: self.topic().to_string(),
                 source,
             })
+    }
+
+    fn topic(&self) -> Option<&str> {
+        Some(DeadLetterTopic::topic(self))
     }
 }

@@ -5,20 +5,23 @@
 //! partition; an epoch closes after an interval, a size bound, a drained stream or a stop
 //! request, and then:
 //!
-//! 1. its [`Intent`] is created — the offset ranges, the processing time, idle partitions;
+//! 1. its [`Intent`] is created — the offset ranges, the processing time, idle partitions and
+//!    the settings its bytes depend on;
 //! 2. its messages are decoded and applied in a canonical order (round robin over the
 //!    partitions in their checkpoint order), and its files written under deterministic names;
 //! 3. a [`Checkpoint`] is created with the next offsets, the files and the per-device state;
 //! 4. the offsets are committed to the consumer group.
 //!
 //! On start the latest checkpoint is restored and an intent recorded after it is replayed from
-//! its ranges, which writes the same bytes a crashed run may already have written.
+//! its ranges, partitions and settings, which writes the same bytes a crashed run may already
+//! have written; partitions added and settings changed since apply from the next epoch.
 
 pub mod checkpoint;
 pub mod dead_letters;
 pub mod epoch_policy;
 pub mod telemetry;
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,7 +37,7 @@ use crate::kafka::{KafkaSettings, KafkaSetupError};
 use crate::pipeline::{write_epoch, PipelineOptions, Processor};
 use crate::reading::{DecodedBlock, Limits};
 use crate::run::checkpoint::{
-    Checkpoint, CheckpointError, CheckpointStore, Intent, PartitionRange,
+    Checkpoint, CheckpointError, CheckpointStore, EpochSettings, Intent, PartitionRange,
 };
 use crate::run::dead_letters::{DeadLetterDestination, EpochFile};
 use crate::run::epoch_policy::{EpochPolicy, LoopState};
@@ -77,6 +80,25 @@ pub enum RunError {
         start: i64,
         end: i64,
         reached: i64,
+    },
+    #[error(
+        "epoch {epoch} was recorded with dead letters to topic {recorded}, and this run sends \
+         them {current}: its replay must send them where the crashed attempt did. Restart \
+         with --dead-letter-topic {recorded}; a new destination applies from the next epoch"
+    )]
+    DeadLetterTopicChanged {
+        epoch: u64,
+        recorded: String,
+        current: String,
+    },
+    #[error(
+        "the intent of epoch {epoch} does not name {topic}[{partition}], which the last \
+         checkpoint reads: the intent does not belong to this checkpoint prefix"
+    )]
+    IntentMismatch {
+        epoch: u64,
+        topic: String,
+        partition: i32,
     },
     #[error(
         "the replay of epoch {epoch} found {found} messages in {topic}[{partition}] offsets \
@@ -245,15 +267,42 @@ pub fn run_on(
         }
         None => (Processor::new(&pipeline), Vec::new(), 0),
     };
+    let pending = runtime.block_on(checkpoints.intent(epoch))?;
+    // An epoch to replay keeps the partitions it was recorded with, whatever was added to the
+    // topics since: a partition it did not read must not hold its watermark back. Partitions
+    // found since join after it.
+    if let Some(intent) = &pending {
+        if let Some(missing) = partitions.iter().find(|p| {
+            !intent
+                .ranges
+                .iter()
+                .any(|r| *r.topic == *p.topic && r.partition == p.partition)
+        }) {
+            return Err(RunError::IntentMismatch {
+                epoch,
+                topic: missing.topic.to_string(),
+                partition: missing.partition,
+            });
+        }
+        for range in &intent.ranges {
+            if position(&partitions, &range.topic, range.partition).is_none() {
+                let start = (range.messages > 0).then_some(range.start);
+                partitions.push(new_partition(&range.topic, range.partition, start, now));
+            }
+        }
+    }
+    let in_replay = partitions.len();
     for (topic, partition) in discovered {
-        if !partitions
-            .iter()
-            .any(|p| *p.topic == *topic && p.partition == partition)
-        {
+        if position(&partitions, &topic, partition).is_none() {
             partitions.push(new_partition(&topic, partition, None, now));
         }
     }
-    for index in 0..partitions.len() {
+    let registered = if pending.is_some() {
+        in_replay
+    } else {
+        partitions.len()
+    };
+    for index in 0..registered {
         processor.add_partition(index);
     }
     let assignment: Vec<Assignment> = partitions
@@ -299,10 +348,25 @@ pub fn run_on(
         processor,
         report: &mut report,
     };
-    if let Some(intent) = runtime.block_on(service.checkpoints.intent(epoch))? {
+    let mut previous = match &latest {
+        Some(checkpoint) => runtime
+            .block_on(service.checkpoints.intent(checkpoint.epoch))?
+            .and_then(|intent| intent.settings),
+        None => None,
+    };
+    if let Some(intent) = pending {
         tracing::info!(epoch, "replaying the epoch recorded before the last stop");
         service.replay(&intent)?;
+        for index in registered..service.partitions.len() {
+            service.processor.add_partition(index);
+        }
+        previous = intent.settings;
         epoch += 1;
+    }
+    if let Some(previous) = previous {
+        for change in service.settings().changes_since(&previous) {
+            tracing::warn!(epoch, %change, "a setting changed; it applies from this epoch on");
+        }
     }
     telemetry.readiness.set_checkpoint_loaded();
     service.live(epoch, &stop)?;
@@ -310,6 +374,13 @@ pub fn run_on(
     report.elapsed = now.elapsed();
     report.summary.elapsed = report.elapsed;
     Ok(report)
+}
+
+/// Where (topic, partition) is in `partitions`.
+fn position(partitions: &[Partition], topic: &str, partition: i32) -> Option<usize> {
+    partitions
+        .iter()
+        .position(|p| *p.topic == *topic && p.partition == partition)
 }
 
 fn new_partition(topic: &str, partition: i32, next_offset: Option<i64>, now: Instant) -> Partition {
@@ -344,12 +415,13 @@ impl Service<'_> {
     /// Reads until every range of `intent` is buffered, then runs the epoch as recorded.
     fn replay(&mut self, intent: &Intent) -> Result<(), RunError> {
         let deadline = Instant::now() + self.options.request_timeout.max(Duration::from_secs(30));
+        let indices = self.paired(intent)?;
         loop {
-            let missing = intent.ranges.iter().enumerate().find(|(index, range)| {
+            let missing = intent.ranges.iter().zip(&indices).find(|(range, &index)| {
                 range.end > range.start
-                    && self.partitions[*index].received_upto.unwrap_or(i64::MIN) < range.end
+                    && self.partitions[index].received_upto.unwrap_or(i64::MIN) < range.end
             });
-            let Some((index, range)) = missing else {
+            let Some((range, &index)) = missing else {
                 break;
             };
             if Instant::now() > deadline {
@@ -516,6 +588,57 @@ impl Service<'_> {
             processing_time: chrono::Utc::now().timestamp_micros(),
             idle,
             end_of_input,
+            settings: Some(self.settings()),
+        }
+    }
+
+    /// The settings of this run's flags.
+    fn settings(&self) -> EpochSettings {
+        let (state, sink) = (self.options.state, self.sink.options());
+        EpochSettings {
+            allowed_lateness: state.allowed_lateness,
+            watermark_quorum: state.watermark_quorum,
+            state_ttl: state.state_ttl,
+            max_future: self.options.max_future,
+            rows_per_file: sink.rows_per_file,
+            zstd_level: sink.zstd_level,
+            dead_letter_topic: self.dead_letters.topic().map(str::to_owned),
+        }
+    }
+
+    /// Per range of `intent`, the index of its partition, found by topic and partition.
+    fn paired(&self, intent: &Intent) -> Result<Vec<usize>, RunError> {
+        intent
+            .ranges
+            .iter()
+            .map(|range| {
+                position(&self.partitions, &range.topic, range.partition).ok_or_else(|| {
+                    RunError::IntentMismatch {
+                        epoch: intent.epoch,
+                        topic: range.topic.clone(),
+                        partition: range.partition,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the epoch's dead letters go to the topic (else to its file): where the
+    /// recorded epoch sent them, which a replay must repeat.
+    fn letters_to_topic(
+        &self,
+        intent: &Intent,
+        settings: &EpochSettings,
+    ) -> Result<bool, RunError> {
+        match (&settings.dead_letter_topic, self.dead_letters.topic()) {
+            (None, _) => Ok(false),
+            (Some(recorded), Some(current)) if recorded == current => Ok(true),
+            (Some(recorded), current) => Err(RunError::DeadLetterTopicChanged {
+                epoch: intent.epoch,
+                recorded: recorded.clone(),
+                current: current
+                    .map_or("to _dead_letter/ files".into(), |t| format!("to topic {t}")),
+            }),
         }
     }
 
@@ -523,15 +646,29 @@ impl Service<'_> {
     /// the group offsets.
     fn run_epoch(&mut self, intent: &Intent) -> Result<(), RunError> {
         let started = Instant::now();
-        let messages = self.take_messages(intent);
-        self.check_counts(intent, &messages)?;
-        for (index, &idle) in intent.idle.iter().enumerate() {
+        let indices = self.paired(intent)?;
+        // An intent of format 1 did not record its settings: this run's flags apply, and the
+        // lateness saved in the state.
+        let settings = intent.settings.clone().unwrap_or_else(|| self.settings());
+        let to_topic = self.letters_to_topic(intent, &settings)?;
+        if intent.settings.is_some() {
+            self.processor.apply_settings(&settings.state());
+        }
+        let sink = if settings.sink() == self.sink.options() {
+            Cow::Borrowed(self.sink)
+        } else {
+            Cow::Owned(ParquetSink::new(
+                self.sink.location().clone(),
+                settings.sink(),
+            )?)
+        };
+        let messages = self.take_messages(intent, &indices);
+        self.check_counts(intent, &indices, &messages)?;
+        for (&index, &idle) in indices.iter().zip(&intent.idle) {
             self.processor.set_idle(index, idle);
         }
         let limits = Limits {
-            latest_time: intent
-                .processing_time
-                .saturating_add(self.options.max_future),
+            latest_time: intent.processing_time.saturating_add(settings.max_future),
         };
         let blocks = decode(&messages, &limits);
         let partitions = &self.partitions;
@@ -547,12 +684,19 @@ impl Service<'_> {
             }
         }
         let mut content = self.processor.take_epoch(intent.end_of_input);
-        let letters = self.dead_letters.take(&mut content.dead_letters);
-        let written = write_epoch(self.sink, self.runtime, intent.epoch, content)?;
-        self.dead_letters.deliver(&letters)?;
+        let letters = if to_topic {
+            self.dead_letters.take(&mut content.dead_letters)
+        } else {
+            Vec::new()
+        };
+        let written = write_epoch(&sink, self.runtime, intent.epoch, content)?;
+        if to_topic {
+            self.dead_letters.deliver(&letters)?;
+        }
         self.processor.summary.add_written(&written);
 
-        for (p, range) in self.partitions.iter_mut().zip(&intent.ranges) {
+        for (&index, range) in indices.iter().zip(&intent.ranges) {
+            let p = &mut self.partitions[index];
             p.next_offset = Some(range.end.max(p.next_offset.unwrap_or(range.end)));
         }
         let checkpoint = Checkpoint {
@@ -591,9 +735,10 @@ impl Service<'_> {
     }
 
     /// Removes the intent's messages from the buffers, in the canonical order.
-    fn take_messages(&mut self, intent: &Intent) -> EpochMessages {
-        let mut taken: Vec<Vec<Record>> = Vec::with_capacity(self.partitions.len());
-        for (p, range) in self.partitions.iter_mut().zip(&intent.ranges) {
+    fn take_messages(&mut self, intent: &Intent, indices: &[usize]) -> EpochMessages {
+        let mut taken: Vec<(usize, Vec<Record>)> = Vec::with_capacity(indices.len());
+        for (&index, range) in indices.iter().zip(&intent.ranges) {
+            let p = &mut self.partitions[index];
             // Anything before the range was taken by an earlier epoch (a replay's restart).
             let before = p
                 .buffered
@@ -608,15 +753,18 @@ impl Service<'_> {
                 .max(before);
             let drained: Vec<Record> = p.buffered.drain(..through).collect();
             p.buffered_bytes -= drained.iter().map(|r| r.payload.len()).sum::<usize>();
-            taken.push(drained.into_iter().skip(before).collect());
+            taken.push((index, drained.into_iter().skip(before).collect()));
         }
         let mut messages = EpochMessages::default();
-        let longest = taken.iter().map(Vec::len).max().unwrap_or(0);
-        let mut iters: Vec<_> = taken.into_iter().map(Vec::into_iter).collect();
+        let longest = taken.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        let mut iters: Vec<_> = taken
+            .into_iter()
+            .map(|(index, t)| (index, t.into_iter()))
+            .collect();
         for _ in 0..longest {
-            for (index, records) in iters.iter_mut().enumerate() {
+            for (index, records) in iters.iter_mut() {
                 if let Some(record) = records.next() {
-                    messages.meta.push((index, record.offset));
+                    messages.meta.push((*index, record.offset));
                     messages.payloads.push(record.payload);
                 }
             }
@@ -634,12 +782,18 @@ impl Service<'_> {
 
     /// A replay must take as many messages per partition as the recorded epoch did, or its
     /// files would silently differ from the ones a crashed run may have written.
-    fn check_counts(&self, intent: &Intent, messages: &EpochMessages) -> Result<(), RunError> {
-        let mut found = vec![0u64; intent.ranges.len()];
+    fn check_counts(
+        &self,
+        intent: &Intent,
+        indices: &[usize],
+        messages: &EpochMessages,
+    ) -> Result<(), RunError> {
+        let mut by_partition = vec![0u64; self.partitions.len()];
         for &(index, _) in &messages.meta {
-            found[index] += 1;
+            by_partition[index] += 1;
         }
-        for (range, found) in intent.ranges.iter().zip(found) {
+        for (range, &index) in intent.ranges.iter().zip(indices) {
+            let found = by_partition[index];
             if found != range.messages {
                 return Err(RunError::ReplayMismatch {
                     epoch: intent.epoch,

@@ -149,6 +149,10 @@ impl ParquetSink {
         &self.location
     }
 
+    pub fn options(&self) -> SinkOptions {
+        self.options
+    }
+
     /// Encodes an epoch's rows (already grouped by day and sorted by (device_id, time)) as
     /// one Parquet file per day and `rows_per_file` rows, in parallel.
     pub fn encode_epoch(

@@ -64,6 +64,16 @@ impl MemoryLog {
         );
     }
 
+    /// Adds `count` empty partitions to `topic` (as `kafka-topics --alter --partitions`).
+    ///
+    /// # Panics
+    /// If the topic does not exist (a mistake in the test).
+    pub fn add_partitions(&self, topic: &str, count: usize) {
+        let mut log = self.lock();
+        let partitions = log.topics.get_mut(topic).expect("topic exists");
+        partitions.extend((0..count).map(|_| PartitionLog::default()));
+    }
+
     /// Appends a record at the partition's next offset; returns that offset.
     ///
     /// # Panics

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,11 @@ use meterflow::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
 use meterflow::pipeline::{self, PipelineOptions};
 use meterflow::reading::Limits;
 use meterflow::run::checkpoint::CheckpointStore;
-use meterflow::run::dead_letters::EpochFile;
+use meterflow::run::dead_letters::{DeadLetterDestination, EpochFile};
 use meterflow::run::epoch_policy::EpochPolicy;
 use meterflow::run::telemetry::Telemetry;
 use meterflow::run::{run_on, RunError, RunOptions, RunReport};
+use meterflow::sink::dead_letter::DeadLetter;
 use meterflow::sink::store::Location;
 use meterflow::sink::{ParquetSink, SinkOptions};
 use meterflow::source::files::Input;
@@ -30,6 +31,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use super::faulty_store::FaultyStore;
 use super::{rows, Row};
 
 pub const TOPIC: &str = "readings";
@@ -137,6 +139,78 @@ pub fn every(interval: Duration) -> RunOptions {
     )
 }
 
+/// Epochs of `max_bytes` message bytes (no timer, so a run's epochs and writes repeat).
+pub fn by_size(max_bytes: usize, stop_when_drained: bool) -> RunOptions {
+    options(
+        EpochPolicy {
+            interval: Duration::from_secs(3600),
+            max_bytes,
+        },
+        Duration::from_secs(3600),
+        stop_when_drained,
+    )
+}
+
+/// The location seen through `store` (which wraps `base`'s store).
+pub fn through(base: &Location, store: &FaultyStore) -> Location {
+    Location {
+        store: Arc::new(store.clone()),
+        ..base.clone()
+    }
+}
+
+pub fn serve_through(
+    log: &MemoryLog,
+    base: &Location,
+    store: &FaultyStore,
+    options: &RunOptions,
+) -> Result<RunReport, RunError> {
+    serve(log, &through(base, store), options, never())
+}
+
+pub fn is_fenced(error: &RunError) -> bool {
+    matches!(error, RunError::Checkpoint(e) if e.is_fenced())
+}
+
+/// A dead-letter topic in memory: what it was sent, as (reason, record), in order.
+#[derive(Clone, Debug)]
+pub struct CollectedTopic {
+    pub name: String,
+    pub sent: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl CollectedTopic {
+    pub fn new(name: &str) -> Self {
+        CollectedTopic {
+            name: name.into(),
+            sent: Arc::default(),
+        }
+    }
+
+    pub fn sent(&self) -> Vec<(String, String)> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+impl DeadLetterDestination for CollectedTopic {
+    fn take(&self, letters: &mut Vec<DeadLetter>) -> Vec<DeadLetter> {
+        std::mem::take(letters)
+    }
+
+    fn deliver(&self, letters: &[DeadLetter]) -> Result<(), RunError> {
+        self.sent.lock().unwrap().extend(
+            letters
+                .iter()
+                .map(|l| (l.reason.code().to_string(), l.record.as_str().to_string())),
+        );
+        Ok(())
+    }
+
+    fn topic(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
@@ -148,12 +222,31 @@ pub fn serve(
     options: &RunOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
+    serve_with(
+        log,
+        location,
+        options,
+        SinkOptions::default(),
+        Box::new(EpochFile),
+        stop,
+    )
+}
+
+/// [`serve`] with these file settings and dead-letter destination.
+pub fn serve_with(
+    log: &MemoryLog,
+    location: &Location,
+    options: &RunOptions,
+    sink_options: SinkOptions,
+    dead_letters: Box<dyn DeadLetterDestination>,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport, RunError> {
     let runtime = runtime();
-    let sink = ParquetSink::new(location.clone(), SinkOptions::default()).unwrap();
+    let sink = ParquetSink::new(location.clone(), sink_options).unwrap();
     let mut source = log.source();
     run_on(
         &mut source,
-        Box::new(EpochFile),
+        dead_letters,
         options,
         &sink,
         runtime.handle(),
