@@ -176,6 +176,15 @@ pub struct RunArgs {
     /// writing `_dead_letter/` files.
     #[arg(long, env = "MF_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
+    /// A replay of the epoch a crash left uncommitted fails only when no message arrived for
+    /// this long, however long the whole replay takes.
+    #[arg(long, env = "MF_REPLAY_STALL_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub replay_stall_timeout: Duration,
+    /// `/healthz` answers 503 when the service loop has not gone round for this long (a
+    /// wedged store or broker call), so the orchestrator restarts it. Keep it above an
+    /// epoch's processing and upload time.
+    #[arg(long, env = "MF_STALL_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
     /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served (port 0: any).
     #[arg(long, env = "MF_METRICS_ADDR", default_value = "0.0.0.0:9898")]
     pub metrics_addr: std::net::SocketAddr,

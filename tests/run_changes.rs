@@ -7,15 +7,14 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 
 use meterflow::run::dead_letters::EpochFile;
 use meterflow::run::{RunError, RunOptions};
-use meterflow::sink::store::Location;
 use meterflow::sink::SinkOptions;
 use meterflow::source::memory::MemoryLog;
 use meterflow::timestamp::MICROS_PER_MINUTE;
+
 use support::faulty_store::{Fault, FaultyStore};
 use support::service::*;
 
@@ -66,40 +65,6 @@ fn settings() -> (RunOptions, SinkOptions) {
     )
 }
 
-/// The data and dead-letter files of `epoch`, path → bytes.
-fn epoch_files(location: &Location, epoch: u64) -> BTreeMap<String, Vec<u8>> {
-    let name = format!("/part-{epoch:08}-");
-    objects(location)
-        .into_iter()
-        .filter(|(path, _)| path.contains(&name))
-        .collect()
-}
-
-/// Runs until the checkpoint of `crash` fails to be written (a crash after the epoch's files),
-/// returns the crashed attempt's files of that epoch.
-fn crash_at(
-    log: &MemoryLog,
-    location: &Location,
-    crash: u64,
-    options: &RunOptions,
-    sink: SinkOptions,
-) -> BTreeMap<String, Vec<u8>> {
-    let checkpoint = format!("checkpoint-{crash:020}.bin");
-    let store = FaultyStore::with_fault(location.store.clone(), Fault::FailBefore, move |w| {
-        w.path.ends_with(&checkpoint)
-    });
-    let failed = serve_with(
-        log,
-        &through(location, &store),
-        options,
-        sink,
-        Box::new(EpochFile),
-        never(),
-    );
-    assert!(failed.is_err(), "epoch {crash}: the run crashed");
-    epoch_files(location, crash)
-}
-
 #[test]
 fn a_replay_follows_its_intent_whatever_changed_before_the_restart() {
     let lines = fleet(24, 41);
@@ -111,7 +76,7 @@ fn a_replay_follows_its_intent_whatever_changed_before_the_restart() {
             let log = log_of(&lines, 2);
             let location = memory_location();
             let (mut options, mut sink) = settings();
-            let crashed = crash_at(&log, &location, crash, &options, sink);
+            let crashed = crash_before_checkpoint(&log, &location, crash, &options, sink);
             crashed_files += crashed.len();
 
             change.apply(&log, &mut options, &mut sink);
@@ -142,7 +107,7 @@ fn new_file_settings_apply_from_the_epoch_after_the_replay() {
     let log = log_of(&lines, 2);
     let location = memory_location();
     let (options, mut sink) = settings();
-    crash_at(&log, &location, 1, &options, sink);
+    crash_before_checkpoint(&log, &location, 1, &options, sink);
     sink.rows_per_file = NonZeroUsize::new(5000).unwrap();
     serve_with(
         &log,

@@ -31,6 +31,7 @@ pub fn run_service(
         stop_when_drained: args.stop_when_drained,
         request_timeout: Duration::from_secs(30),
         dead_letter_topic: args.dead_letter_topic.clone(),
+        replay_stall_timeout: args.replay_stall_timeout,
     };
     tracing::info!(
         kafka = %options.kafka,
@@ -44,6 +45,8 @@ pub fn run_service(
         state_ttl = ?args.lateness.state_ttl,
         idle_timeout = ?options.idle_timeout,
         stop_when_drained = options.stop_when_drained,
+        replay_stall_timeout = ?options.replay_stall_timeout,
+        stall_timeout = ?args.stall_timeout,
         dead_letter_topic = options.dead_letter_topic.as_deref().unwrap_or("(files)"),
         "meterflow run starting (dead letters to a topic are sent at least once)"
     );
@@ -55,7 +58,7 @@ pub fn run_service(
         tracing::info!("stop requested: finishing the current epoch");
         flag.store(true, Ordering::Relaxed);
     });
-    let telemetry = Telemetry::default();
+    let telemetry = Telemetry::new(args.stall_timeout);
     let bound = runtime
         .block_on(telemetry::serve(args.metrics_addr, telemetry.clone()))
         .map_err(|source| CommandError::MetricsAddress {

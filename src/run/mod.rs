@@ -34,7 +34,7 @@ use crate::deltas::{StateError, StateSettings};
 use crate::kafka::publish::DeadLetterTopic;
 use crate::kafka::source::KafkaSource;
 use crate::kafka::{KafkaSettings, KafkaSetupError};
-use crate::pipeline::{write_epoch, PipelineOptions, Processor};
+use crate::pipeline::{encode_epoch, PipelineOptions, Processor};
 use crate::reading::{DecodedBlock, Limits};
 use crate::run::checkpoint::{
     Checkpoint, CheckpointError, CheckpointStore, EpochSettings, Intent, PartitionRange,
@@ -70,11 +70,12 @@ pub enum RunError {
     },
     #[error(
         "the checkpoint's intent for epoch {epoch} names {topic}[{partition}] offsets \
-         {start}..{end}, but the broker delivered only up to {reached} (retention, or a \
-         different topic?)"
+         {start}..{end}, but the broker delivered only up to {reached} and then nothing for \
+         {stalled:?} (--replay-stall-timeout; retention, or a different topic?)"
     )]
     ReplayIncomplete {
         epoch: u64,
+        stalled: Duration,
         topic: String,
         partition: i32,
         start: i64,
@@ -140,6 +141,9 @@ pub struct RunOptions {
     pub request_timeout: Duration,
     /// Dead letters go to this topic instead of `_dead_letter/` files.
     pub dead_letter_topic: Option<String>,
+    /// A replay fails when no record arrived for this long (however long the whole replay
+    /// takes).
+    pub replay_stall_timeout: Duration,
 }
 
 /// What a run did before it stopped.
@@ -235,9 +239,12 @@ pub fn run_on(
     let checkpoints = CheckpointStore::new(sink.location().clone());
     // Reading first: a missing bucket is reported as such (some stores create a bucket on
     // the probe's put).
-    let latest = runtime.block_on(checkpoints.latest())?;
-    runtime.block_on(checkpoints.verify_conditional_create())?;
-    telemetry.readiness.set_store(true);
+    let latest = telemetry
+        .readiness
+        .store_call(|| runtime.block_on(checkpoints.latest()))?;
+    telemetry
+        .readiness
+        .store_call(|| runtime.block_on(checkpoints.verify_conditional_create()))?;
     let discovered = source
         .partitions(&options.topics)
         .map_err(RunError::Source)?;
@@ -267,7 +274,9 @@ pub fn run_on(
         }
         None => (Processor::new(&pipeline), Vec::new(), 0),
     };
-    let pending = runtime.block_on(checkpoints.intent(epoch))?;
+    let pending = telemetry
+        .readiness
+        .store_call(|| runtime.block_on(checkpoints.intent(epoch)))?;
     // An epoch to replay keeps the partitions it was recorded with, whatever was added to the
     // topics since: a partition it did not read must not hold its watermark back. Partitions
     // found since join after it.
@@ -349,8 +358,9 @@ pub fn run_on(
         report: &mut report,
     };
     let mut previous = match &latest {
-        Some(checkpoint) => runtime
-            .block_on(service.checkpoints.intent(checkpoint.epoch))?
+        Some(checkpoint) => telemetry
+            .readiness
+            .store_call(|| runtime.block_on(service.checkpoints.intent(checkpoint.epoch)))?
             .and_then(|intent| intent.settings),
         None => None,
     };
@@ -414,9 +424,10 @@ const POLL: Duration = Duration::from_millis(100);
 impl Service<'_> {
     /// Reads until every range of `intent` is buffered, then runs the epoch as recorded.
     fn replay(&mut self, intent: &Intent) -> Result<(), RunError> {
-        let deadline = Instant::now() + self.options.request_timeout.max(Duration::from_secs(30));
         let indices = self.paired(intent)?;
+        let mut last_record = Instant::now();
         loop {
+            self.telemetry.liveness.beat();
             let missing = intent.ranges.iter().zip(&indices).find(|(range, &index)| {
                 range.end > range.start
                     && self.partitions[index].received_upto.unwrap_or(i64::MIN) < range.end
@@ -424,8 +435,9 @@ impl Service<'_> {
             let Some((range, &index)) = missing else {
                 break;
             };
-            if Instant::now() > deadline {
+            if last_record.elapsed() >= self.options.replay_stall_timeout {
                 return Err(RunError::ReplayIncomplete {
+                    stalled: self.options.replay_stall_timeout,
                     epoch: intent.epoch,
                     topic: range.topic.clone(),
                     partition: range.partition,
@@ -434,7 +446,9 @@ impl Service<'_> {
                     reached: self.partitions[index].received_upto.unwrap_or(range.start),
                 });
             }
-            self.poll_once()?;
+            if self.poll_once()? {
+                last_record = Instant::now();
+            }
         }
         self.run_epoch(intent)
     }
@@ -445,6 +459,7 @@ impl Service<'_> {
         let mut last_drain_check = Instant::now();
         let mut caught_up = false;
         loop {
+            self.telemetry.liveness.beat();
             let stopping = stop.load(Ordering::Relaxed);
             let buffered_bytes = self.buffered_bytes();
             let has_messages = self.partitions.iter().any(|p| !p.buffered.is_empty());
@@ -491,9 +506,10 @@ impl Service<'_> {
     }
 
     fn checkpoints_record(&self, intent: &Intent) -> Result<(), RunError> {
-        Ok(self
-            .runtime
-            .block_on(self.checkpoints.record_intent(intent))?)
+        Ok(self.telemetry.readiness.store_call(|| {
+            self.runtime
+                .block_on(self.checkpoints.record_intent(intent))
+        })?)
     }
 
     /// Whether every partition has been read to its current end (and nothing is buffered
@@ -689,7 +705,11 @@ impl Service<'_> {
         } else {
             Vec::new()
         };
-        let written = write_epoch(&sink, self.runtime, intent.epoch, content)?;
+        let files = encode_epoch(&sink, intent.epoch, content)?;
+        let written = self
+            .telemetry
+            .readiness
+            .store_call(|| self.runtime.block_on(sink.upload(files)))?;
         if to_topic {
             self.dead_letters.deliver(&letters)?;
         }
@@ -715,9 +735,9 @@ impl Service<'_> {
             totals: self.processor.summary.clone(),
             state: self.processor.encode_state()?,
         };
-        self.runtime
-            .block_on(self.checkpoints.commit(&checkpoint))?;
-        self.telemetry.readiness.set_store(true);
+        self.telemetry
+            .readiness
+            .store_call(|| self.runtime.block_on(self.checkpoints.commit(&checkpoint)))?;
         self.commit_offsets(&checkpoint);
         self.observe(intent.epoch, started);
         self.report.epochs += 1;

@@ -1,12 +1,13 @@
 //! What `meterflow run` tells its operators (contract §6): Prometheus metrics on `/metrics`,
-//! liveness on `/healthz`, readiness on `/readyz`.
+//! liveness on `/healthz` (the service loop goes round), readiness on `/readyz`.
 //!
 //! Counters carry the totals of the checkpoint prefix (restored at start), so a restart does
 //! not reset them and they agree with the summary a drained run prints.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -206,16 +207,52 @@ fn raise(counter: &Counter, total: u64) {
     }
 }
 
-/// What `/readyz` reports: the checkpoint is loaded and the last contact with Kafka and the
-/// object store succeeded.
-#[derive(Debug, Default)]
+/// By default, a store call pending for longer than this makes the service unready (a hanging
+/// store answers nothing, so no error would ever say so).
+pub const STORE_SLOW: Duration = Duration::from_secs(10);
+
+/// What `/readyz` reports: the checkpoint is loaded, the last contact with Kafka and the
+/// object store succeeded, and no store call has been pending for too long.
+#[derive(Debug)]
 pub struct Readiness {
     checkpoint_loaded: AtomicBool,
     kafka: AtomicBool,
     store: AtomicBool,
+    /// Milliseconds since `clock` (plus one) when the pending store call began; 0: none is.
+    store_pending_since: AtomicU64,
+    store_slow: Duration,
+    clock: Instant,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness::new(STORE_SLOW)
+    }
 }
 
 impl Readiness {
+    /// Unready while a store call has been pending for `store_slow`.
+    pub fn new(store_slow: Duration) -> Self {
+        Readiness {
+            checkpoint_loaded: AtomicBool::new(false),
+            kafka: AtomicBool::new(false),
+            store: AtomicBool::new(false),
+            store_pending_since: AtomicU64::new(0),
+            store_slow,
+            clock: Instant::now(),
+        }
+    }
+
+    /// Runs a store call, tracking that it is pending and whether it succeeded.
+    pub fn store_call<T, E>(&self, call: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let since = self.clock.elapsed().as_millis() as u64 + 1;
+        self.store_pending_since.store(since, Ordering::Relaxed);
+        let result = call();
+        self.store_pending_since.store(0, Ordering::Relaxed);
+        self.set_store(result.is_ok());
+        result
+    }
+
     pub fn set_checkpoint_loaded(&self) {
         self.checkpoint_loaded.store(true, Ordering::Relaxed);
     }
@@ -239,15 +276,80 @@ impl Readiness {
         if !self.store.load(Ordering::Relaxed) {
             return Err("object store not reachable");
         }
+        let since = self.store_pending_since.load(Ordering::Relaxed);
+        let now = self.clock.elapsed().as_millis() as u64 + 1;
+        if since != 0 && now.saturating_sub(since) >= self.store_slow.as_millis() as u64 {
+            return Err("object store not answering");
+        }
         Ok(())
     }
 }
 
-/// Metrics and readiness, shared by the service loop and the HTTP endpoint.
-#[derive(Clone, Default)]
+/// What `/healthz` reports: the service loop went round within the stall timeout. A loop
+/// wedged anywhere (a store or broker call that never returns) stops beating, and the
+/// orchestrator restarts the process.
+#[derive(Debug)]
+pub struct Liveness {
+    stall_timeout: Duration,
+    /// Milliseconds since `clock` of the last beat (the start counts as one).
+    last_beat: AtomicU64,
+    clock: Instant,
+}
+
+impl Liveness {
+    pub fn new(stall_timeout: Duration) -> Self {
+        Liveness {
+            stall_timeout,
+            last_beat: AtomicU64::new(0),
+            clock: Instant::now(),
+        }
+    }
+
+    /// The loop went round once.
+    pub fn beat(&self) {
+        let now = self.clock.elapsed().as_millis() as u64;
+        self.last_beat.store(now, Ordering::Relaxed);
+    }
+
+    /// Alive, or how long the loop has been silent.
+    pub fn check(&self) -> Result<(), Duration> {
+        let now = self.clock.elapsed().as_millis() as u64;
+        let silent =
+            Duration::from_millis(now.saturating_sub(self.last_beat.load(Ordering::Relaxed)));
+        if silent >= self.stall_timeout {
+            Err(silent)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The `--stall-timeout` default: longer than any epoch's processing and store retries.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Metrics, readiness and liveness, shared by the service loop and the HTTP endpoint.
+#[derive(Clone)]
 pub struct Telemetry {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
+    pub liveness: Arc<Liveness>,
+}
+
+impl Telemetry {
+    /// `/healthz` fails once the loop has not gone round for `stall_timeout`.
+    pub fn new(stall_timeout: Duration) -> Self {
+        Telemetry {
+            metrics: Metrics::new(),
+            readiness: Arc::default(),
+            liveness: Arc::new(Liveness::new(stall_timeout)),
+        }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new(DEFAULT_STALL_TIMEOUT)
+    }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `address` until the runtime stops; returns
@@ -257,7 +359,7 @@ pub async fn serve(address: SocketAddr, telemetry: Telemetry) -> std::io::Result
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .with_state(telemetry);
     tokio::spawn(async move {
@@ -276,6 +378,19 @@ async fn metrics(State(telemetry): State<Telemetry>) -> impl IntoResponse {
         )],
         telemetry.metrics.render(),
     )
+}
+
+async fn health(State(telemetry): State<Telemetry>) -> impl IntoResponse {
+    match telemetry.liveness.check() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(silent) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the service loop has not gone round for {} s\n",
+                silent.as_secs()
+            ),
+        ),
+    }
 }
 
 async fn ready(State(telemetry): State<Telemetry>) -> impl IntoResponse {
@@ -333,5 +448,28 @@ mod tests {
         assert_eq!(readiness.check(), Ok(()));
         readiness.set_kafka(false);
         assert_eq!(readiness.check(), Err("Kafka not reachable"));
+    }
+
+    #[test]
+    fn a_pending_store_call_turns_readiness_false_and_a_silent_loop_liveness() {
+        let readiness = Readiness::new(Duration::from_millis(30));
+        readiness.set_checkpoint_loaded();
+        readiness.set_kafka(true);
+        readiness.set_store(true);
+        let seen = readiness.store_call(|| {
+            std::thread::sleep(Duration::from_millis(60));
+            Ok::<_, ()>(readiness.check())
+        });
+        assert_eq!(seen, Ok(Err("object store not answering")));
+        assert_eq!(readiness.check(), Ok(()), "answered: ready again");
+        let _ = readiness.store_call(|| Err::<(), _>("refused"));
+        assert_eq!(readiness.check(), Err("object store not reachable"));
+
+        let liveness = Liveness::new(Duration::from_millis(30));
+        assert_eq!(liveness.check(), Ok(()));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(liveness.check().is_err());
+        liveness.beat();
+        assert_eq!(liveness.check(), Ok(()));
     }
 }

@@ -25,13 +25,14 @@ use meterflow::sink::dead_letter::DeadLetter;
 use meterflow::sink::store::Location;
 use meterflow::sink::{ParquetSink, SinkOptions};
 use meterflow::source::files::Input;
-use meterflow::source::memory::MemoryLog;
+use meterflow::source::memory::{MemoryLog, MemorySource};
+use meterflow::source::{Assignment, Polled, Source, SourceFailure};
 use meterflow::timestamp::{parse_micros, MICROS_PER_MINUTE};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::faulty_store::FaultyStore;
+use super::faulty_store::{Fault, FaultyStore};
 use super::{rows, Row};
 
 pub const TOPIC: &str = "readings";
@@ -112,6 +113,7 @@ pub fn options(policy: EpochPolicy, idle_timeout: Duration, stop_when_drained: b
         stop_when_drained,
         request_timeout: Duration::from_secs(5),
         dead_letter_topic: None,
+        replay_stall_timeout: Duration::from_secs(5),
     }
 }
 
@@ -253,6 +255,120 @@ pub fn serve_with(
         &Telemetry::default(),
         stop,
     )
+}
+
+/// [`serve`] on any source, reporting to `telemetry`.
+pub fn serve_on(
+    source: &mut dyn Source,
+    location: &Location,
+    options: &RunOptions,
+    telemetry: &Telemetry,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport, RunError> {
+    let runtime = runtime();
+    let sink = ParquetSink::new(location.clone(), SinkOptions::default()).unwrap();
+    run_on(
+        source,
+        Box::new(EpochFile),
+        options,
+        &sink,
+        runtime.handle(),
+        telemetry,
+        stop,
+    )
+}
+
+/// The data and dead-letter files of `epoch`, path → bytes.
+pub fn epoch_files(location: &Location, epoch: u64) -> BTreeMap<String, Vec<u8>> {
+    let name = format!("/part-{epoch:08}-");
+    objects(location)
+        .into_iter()
+        .filter(|(path, _)| path.contains(&name))
+        .collect()
+}
+
+/// Runs until the checkpoint of `crash` fails to be written (a crash after the epoch's files),
+/// returns the crashed attempt's files of that epoch.
+pub fn crash_before_checkpoint(
+    log: &MemoryLog,
+    location: &Location,
+    crash: u64,
+    options: &RunOptions,
+    sink: SinkOptions,
+) -> BTreeMap<String, Vec<u8>> {
+    let checkpoint = format!("checkpoint-{crash:020}.bin");
+    let store = FaultyStore::with_fault(location.store.clone(), Fault::FailBefore, move |w| {
+        w.path.ends_with(&checkpoint)
+    });
+    let failed = serve_with(
+        log,
+        &through(location, &store),
+        options,
+        sink,
+        Box::new(EpochFile),
+        never(),
+    );
+    assert!(failed.is_err(), "epoch {crash}: the run crashed");
+    epoch_files(location, crash)
+}
+
+/// A throttled broker: at most one record per `every` for the first `slow_records` records,
+/// then full speed, or nothing at all with `stall_after`.
+pub struct Throttled {
+    pub inner: MemorySource,
+    pub every: Duration,
+    pub slow_records: u64,
+    pub stall_after: bool,
+    delivered: u64,
+    next_at: Instant,
+}
+
+impl Throttled {
+    pub fn new(inner: MemorySource, every: Duration, slow_records: u64, stall_after: bool) -> Self {
+        Throttled {
+            inner,
+            every,
+            slow_records,
+            stall_after,
+            delivered: 0,
+            next_at: Instant::now(),
+        }
+    }
+}
+
+impl Source for Throttled {
+    fn partitions(&self, topics: &[String]) -> Result<Vec<(String, i32)>, SourceFailure> {
+        self.inner.partitions(topics)
+    }
+
+    fn assign(&mut self, partitions: &[Assignment]) -> Result<(), SourceFailure> {
+        self.inner.assign(partitions)
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Polled {
+        let wait = self.next_at.saturating_duration_since(Instant::now());
+        let slow = self.delivered < self.slow_records;
+        if (slow && !wait.is_zero()) || (!slow && self.stall_after) {
+            thread::sleep(wait.max(Duration::from_millis(2)).min(timeout));
+            return Polled::Nothing;
+        }
+        let polled = self.inner.poll(timeout);
+        if matches!(polled, Polled::Record(_)) {
+            self.delivered += 1;
+            if slow {
+                self.next_at = Instant::now() + self.every;
+            }
+        }
+        polled
+    }
+
+    fn watermarks(&self, partition: usize) -> Result<(i64, i64), SourceFailure> {
+        self.inner.watermarks(partition)
+    }
+
+    fn committed(&self, next_offsets: &[(usize, i64)], commit: bool) {
+        self.inner.committed(next_offsets, commit)
+    }
 }
 
 pub fn never() -> Arc<AtomicBool> {
