@@ -147,7 +147,7 @@ pub const SASL_USERNAME_VAR: &str = "MF_KAFKA_SASL_USERNAME";
 pub const SASL_PASSWORD_VAR: &str = "MF_KAFKA_SASL_PASSWORD";
 
 /// Where the brokers are and how to talk to them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub security_protocol: SecurityProtocol,
@@ -186,6 +186,13 @@ impl fmt::Display for KafkaSettings {
             write!(f, " {key}={shown}")?;
         }
         Ok(())
+    }
+}
+
+/// Debug output (errors, `{:?}` of the run's options) masks as the start-up log does.
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KafkaSettings({self})")
     }
 }
 

@@ -1,0 +1,149 @@
+//! Secrets never leave the process: every secret given to `meterflow run` — SASL credentials
+//! and S3 keys through the environment, private keys and tokens through `--kafka-option` (flag
+//! and `MF_KAFKA_OPTIONS`) — is absent from stdout and stderr, in text and JSON logs at debug
+//! level, on runs that fail at the broker and at the store (so their error messages are
+//! searched too), and from every object a run writes (intents, checkpoints, files).
+
+mod support;
+
+use std::process::Output;
+use std::thread;
+
+use meterflow::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
+use support::meterflow;
+use support::service::*;
+
+const SECRETS: [&str; 6] = [
+    "sasl-password-7f3a",
+    "aws-secret-key-91bd",
+    "-----BEGIN PRIVATE KEY-----pem-body-55e1",
+    "oauth-config-c0ffee",
+    "keystore-password-env-42",
+    "sasl-username-b00b",
+];
+
+/// Where a run with secrets fails.
+#[derive(Debug, Clone, Copy)]
+enum Failing {
+    /// Creating the Kafka client: the private key does not parse.
+    AtTheKey,
+    /// Reaching the broker (plaintext, so SASL and TLS options are set but unused), after the
+    /// store was probed.
+    AtTheBroker,
+    /// Reaching the store, with SASL credentials in the client.
+    AtTheStore,
+}
+
+/// `meterflow run` with every secret of `failing`'s kind.
+fn run_with_secrets(log_format: &str, failing: Failing) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("out").display().to_string();
+    let mut command = meterflow();
+    command
+        .args(["run", "--brokers", "127.0.0.1:1", "--topics", "readings"])
+        .args([
+            "--kafka-option",
+            &format!("sasl.oauthbearer.config={}", SECRETS[3]),
+        ])
+        .args([
+            "--s3-endpoint",
+            "http://127.0.0.1:1",
+            "--s3-retry-timeout",
+            "1s",
+        ])
+        .args(["--log", "debug", "--log-format", log_format])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .env("MF_KAFKA_SASL_USERNAME", SECRETS[5])
+        .env("MF_KAFKA_SASL_PASSWORD", SECRETS[0])
+        .env("AWS_ACCESS_KEY_ID", "meterflow-test")
+        .env("AWS_SECRET_ACCESS_KEY", SECRETS[1])
+        .env("AWS_REGION", "us-east-1")
+        .env(
+            "MF_KAFKA_OPTIONS",
+            format!("ssl.keystore.password={}", SECRETS[4]),
+        );
+    match failing {
+        Failing::AtTheKey => command
+            .args(["--security-protocol", "sasl-ssl", "--output", &local])
+            .args(["--kafka-option", &format!("ssl.key.pem={}", SECRETS[2])]),
+        Failing::AtTheBroker => {
+            command.args(["--security-protocol", "plaintext", "--output", &local])
+        }
+        Failing::AtTheStore => command
+            .args(["--security-protocol", "sasl-ssl"])
+            .args(["--output", "s3://bucket/prefix"]),
+    };
+    command.output().unwrap()
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{what} holds {secret:?}:\n{text}");
+    }
+}
+
+#[test]
+fn no_secret_reaches_stdout_stderr_or_an_error_message() {
+    let mut cases = Vec::new();
+    for format in ["text", "json"] {
+        for failing in [Failing::AtTheKey, Failing::AtTheBroker, Failing::AtTheStore] {
+            cases.push(thread::spawn(move || {
+                (format, failing, run_with_secrets(format, failing))
+            }));
+        }
+    }
+    for case in cases {
+        let (format, failing, output) = case.join().unwrap();
+        let case = format!("{format} logs, failing {failing:?}");
+        assert!(!output.status.success(), "{case}: the run fails");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("meterflow run starting"),
+            "{case}: the start-up configuration was logged:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("sasl.oauthbearer.config=***"),
+            "{case}: {stderr}"
+        );
+        assert!(
+            stderr.to_lowercase().contains("error"),
+            "{case}: an error: {stderr}"
+        );
+        assert_no_secret(&format!("{case}: stdout"), &stdout);
+        assert_no_secret(&format!("{case}: stderr"), &stderr);
+    }
+}
+
+#[test]
+fn no_secret_reaches_the_bucket_or_debug_output() {
+    let settings = KafkaSettings {
+        brokers: "b-1.msk:9096".into(),
+        security_protocol: SecurityProtocol::SaslSsl,
+        sasl_mechanism: SaslMechanism::ScramSha512,
+        ca_file: None,
+        options: vec![
+            ("ssl.key.pem".into(), SECRETS[2].into()),
+            ("sasl.oauthbearer.config".into(), SECRETS[3].into()),
+            ("ssl.keystore.password".into(), SECRETS[4].into()),
+        ],
+    };
+    let lines = fleet(12, 61);
+    let log = log_of(&lines, 2);
+    let location = memory_location();
+    let mut options = draining();
+    options.kafka = settings;
+    assert_no_secret("the run's options, debug-printed", &format!("{options:?}"));
+    serve(&log, &location, &options, never()).unwrap();
+    let written = objects(&location);
+    assert!(written.keys().any(|p| p.contains("intent-")), "{written:?}");
+    for (path, bytes) in written {
+        let text = if path.ends_with(".bin") {
+            // Checkpoints: magic and format, then a zstd frame.
+            zstd::decode_all(&bytes[8..]).unwrap()
+        } else {
+            bytes
+        };
+        assert_no_secret(&path, &String::from_utf8_lossy(&text));
+    }
+}
