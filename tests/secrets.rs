@@ -24,18 +24,18 @@ const SECRETS: [&str; 6] = [
 
 /// Where a run with secrets fails.
 #[derive(Debug, Clone, Copy)]
-enum Failing {
+enum FailsAt {
     /// Creating the Kafka client: the private key does not parse.
-    AtTheKey,
+    Key,
     /// Reaching the broker (plaintext, so SASL and TLS options are set but unused), after the
     /// store was probed.
-    AtTheBroker,
+    Broker,
     /// Reaching the store, with SASL credentials in the client.
-    AtTheStore,
+    Store,
 }
 
-/// `meterflow run` with every secret of `failing`'s kind.
-fn run_with_secrets(log_format: &str, failing: Failing) -> Output {
+/// `meterflow run` with every secret of `failing`.
+fn run_with_secrets(log_format: &str, failing: FailsAt) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("out").display().to_string();
     let mut command = meterflow();
@@ -63,13 +63,11 @@ fn run_with_secrets(log_format: &str, failing: Failing) -> Output {
             format!("ssl.keystore.password={}", SECRETS[4]),
         );
     match failing {
-        Failing::AtTheKey => command
+        FailsAt::Key => command
             .args(["--security-protocol", "sasl-ssl", "--output", &local])
             .args(["--kafka-option", &format!("ssl.key.pem={}", SECRETS[2])]),
-        Failing::AtTheBroker => {
-            command.args(["--security-protocol", "plaintext", "--output", &local])
-        }
-        Failing::AtTheStore => command
+        FailsAt::Broker => command.args(["--security-protocol", "plaintext", "--output", &local]),
+        FailsAt::Store => command
             .args(["--security-protocol", "sasl-ssl"])
             .args(["--output", "s3://bucket/prefix"]),
     };
@@ -86,7 +84,7 @@ fn assert_no_secret(what: &str, text: &str) {
 fn no_secret_reaches_stdout_stderr_or_an_error_message() {
     let mut cases = Vec::new();
     for format in ["text", "json"] {
-        for failing in [Failing::AtTheKey, Failing::AtTheBroker, Failing::AtTheStore] {
+        for failing in [FailsAt::Key, FailsAt::Broker, FailsAt::Store] {
             cases.push(thread::spawn(move || {
                 (format, failing, run_with_secrets(format, failing))
             }));
@@ -94,7 +92,7 @@ fn no_secret_reaches_stdout_stderr_or_an_error_message() {
     }
     for case in cases {
         let (format, failing, output) = case.join().unwrap();
-        let case = format!("{format} logs, failing {failing:?}");
+        let case = format!("{format} logs, failing at {failing:?}");
         assert!(!output.status.success(), "{case}: the run fails");
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
