@@ -276,7 +276,9 @@ impl KafkaSettings {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // Never move a read position silently: an offset outside the log is reported
+            // (Polled::OutOfRange) and the service fails closed.
+            .set("auto.offset.reset", "error")
             // Statistics carry each partition's end offset, for the lag metric.
             .set("statistics.interval.ms", "1000")
             .create_with_context(LagContext::new(metrics))

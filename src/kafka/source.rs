@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -73,6 +74,9 @@ impl Source for KafkaSource {
                     None => Polled::Nothing,
                 }
             }
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+            ))) => Polled::OutOfRange,
             Some(Err(error)) => Polled::Transient(error.to_string()),
         }
     }

@@ -93,6 +93,19 @@ pub enum RunError {
         current: String,
     },
     #[error(
+        "{topic}[{partition}]: the next offset to read is {expected}, but the partition holds \
+         offsets {low}..{high}: {why}. meterflow stops rather than skip or misread data; \
+         nothing was written for it. Restore the topic's data, or run on a new output prefix"
+    )]
+    OffsetGap {
+        topic: String,
+        partition: i32,
+        expected: i64,
+        low: i64,
+        high: i64,
+        why: &'static str,
+    },
+    #[error(
         "the intent of epoch {epoch} does not name {topic}[{partition}], which the last \
          checkpoint reads: the intent does not belong to this checkpoint prefix"
     )]
@@ -267,7 +280,10 @@ pub fn run_on(
                 .iter()
                 .zip(&checkpoint.next_offsets)
                 .map(|((topic, partition), &next)| {
-                    new_partition(topic, *partition, Some(next), now)
+                    // 0: nothing read yet; the partition starts at its beginning, wherever
+                    // retention has moved that.
+                    let next = Some(next).filter(|&next| next > 0);
+                    new_partition(topic, *partition, next, now)
                 })
                 .collect();
             (processor, partitions, checkpoint.epoch + 1)
@@ -364,6 +380,7 @@ pub fn run_on(
             .and_then(|intent| intent.settings),
         None => None,
     };
+    service.check_positions()?;
     if let Some(intent) = pending {
         tracing::info!(epoch, "replaying the epoch recorded before the last stop");
         service.replay(&intent)?;
@@ -560,6 +577,10 @@ impl Service<'_> {
                 });
                 Ok(true)
             }
+            Polled::OutOfRange => {
+                self.check_positions()?;
+                Ok(false)
+            }
             Polled::Transient(error) => {
                 // The client retries connections itself; report and keep polling.
                 tracing::warn!(%error, "source error");
@@ -567,6 +588,40 @@ impl Service<'_> {
                 Ok(false)
             }
         }
+    }
+
+    /// Fails closed when a partition's read position lies outside its log: the offsets up to
+    /// the log's start were deleted before they were read, or the log is shorter than what
+    /// was read (the topic recreated or truncated). Gaps inside the log (compaction,
+    /// transaction markers) are not looked for here; they are counted as skipped offsets.
+    fn check_positions(&self) -> Result<(), RunError> {
+        for (index, p) in self.partitions.iter().enumerate() {
+            let Some(expected) = p.received_upto else {
+                continue;
+            };
+            let (low, high) = self.source.watermarks(index).map_err(RunError::Source)?;
+            let why = if expected < low {
+                "the offsets before the partition's start were deleted before they were read \
+                 (retention ran ahead of the service)"
+            } else if expected > high {
+                "the partition ends before what was already read (the topic was deleted and \
+                 recreated, or truncated)"
+            } else {
+                continue;
+            };
+            self.telemetry
+                .metrics
+                .observe_offset_gap(&p.topic, p.partition);
+            return Err(RunError::OffsetGap {
+                topic: p.topic.to_string(),
+                partition: p.partition,
+                expected,
+                low,
+                high,
+                why,
+            });
+        }
+        Ok(())
     }
 
     /// Per partition, whether it has been quiet for the idle timeout with nothing buffered.

@@ -51,6 +51,7 @@ pub struct Metrics {
     files: Counter,
     bytes: Counter,
     skipped_offsets: Counter,
+    offset_gaps: Family<PartitionLabel, Counter>,
     devices: Gauge,
     last_epoch: Gauge,
     lag: Family<PartitionLabel, Gauge>,
@@ -79,6 +80,7 @@ impl Metrics {
             files: Counter::default(),
             bytes: Counter::default(),
             skipped_offsets: Counter::default(),
+            offset_gaps: Family::default(),
             devices: Gauge::default(),
             last_epoch: Gauge::default(),
             lag: Family::default(),
@@ -130,6 +132,12 @@ impl Metrics {
             "skipped_offsets",
             "Offsets the broker skipped (compaction, transaction markers, or a broker fault)",
             m.skipped_offsets.clone(),
+        );
+        registry.register(
+            "offset_gaps",
+            "Read positions found outside a partition's log (offsets deleted before they were \
+             read, or the topic recreated)",
+            m.offset_gaps.clone(),
         );
         registry.register("devices", "Devices in state", m.devices.clone());
         registry.register(
@@ -189,6 +197,15 @@ impl Metrics {
 
     pub fn observe_skipped_offsets(&self, skipped: u64) {
         self.skipped_offsets.inc_by(skipped);
+    }
+
+    pub fn observe_offset_gap(&self, topic: &str, partition: i32) {
+        self.offset_gaps
+            .get_or_create(&PartitionLabel {
+                topic: topic.to_string(),
+                partition,
+            })
+            .inc();
     }
 
     /// The OpenMetrics text of every metric.

@@ -56,7 +56,8 @@ impl MemoryLog {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Creates `topic` with `partitions` empty partitions.
+    /// Creates `topic` with `partitions` empty partitions (replacing it if it exists: a topic
+    /// deleted and created again).
     pub fn create_topic(&self, topic: &str, partitions: usize) {
         self.lock().topics.insert(
             topic.to_string(),
@@ -213,6 +214,14 @@ impl Source for MemorySource {
                 log.delivered += 1;
                 return Polled::Record(record);
             }
+        }
+        // A broker refuses to read below its low watermark or past its high one.
+        let out_of_range = self.assigned.iter().any(|(topic, partition, next)| {
+            let part = &log.topics[topic][*partition as usize];
+            *next < part.low || *next > part.high()
+        });
+        if out_of_range {
+            return Polled::OutOfRange;
         }
         let count = self.assigned.len();
         for step in 0..count {

@@ -41,6 +41,10 @@ pub enum Polled {
     Nothing,
     /// A transient error (the client retries by itself): reported, and polling goes on.
     Transient(String),
+    /// The log refused a partition's read position: the offsets there are gone (retention
+    /// ran ahead) or the log restarted (topic recreated or truncated). The service compares
+    /// its positions with the partitions' watermarks to find which.
+    OutOfRange,
 }
 
 /// A partitioned log as `meterflow run` needs it.
