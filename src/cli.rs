@@ -120,7 +120,12 @@ fn parse_option(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.trim().is_empty() => {
             Ok((key.trim().to_string(), value.trim().to_string()))
         }
-        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+        // Not quoted: the text may be part of a secret.
+        _ => Err(
+            "expected KEY=VALUE (in MF_KAFKA_OPTIONS, options are separated by commas, \
+                  so a value cannot hold one: give it with --kafka-option)"
+                .to_string(),
+        ),
     }
 }
 

@@ -136,3 +136,39 @@ fn offsets_that_go_missing_while_running_stop_the_service() {
         assert!(rows.iter().all(|row| all.binary_search(row).is_ok()));
     }
 }
+
+#[test]
+fn a_refused_position_inside_the_log_is_read_on_from() {
+    // Partition 1 is empty when assigned (from its beginning); before the service reads it,
+    // messages arrive and retention moves its start: the broker refuses the position it took,
+    // although nothing the service read is missing.
+    let lines = fleet(8, 77);
+    let log = MemoryLog::default();
+    log.create_topic(TOPIC, 2);
+    for line in &lines {
+        log.append(TOPIC, 0, line.as_bytes());
+    }
+    let location = memory_location();
+    let source = Throttled::new(log.source(), Duration::from_millis(300), 2, false);
+    let running = {
+        let location = location.clone();
+        thread::spawn(move || {
+            let mut source = source;
+            serve_on(
+                &mut source,
+                &location,
+                &draining(),
+                &Telemetry::default(),
+                never(),
+            )
+        })
+    };
+    wait_for("the first message read", || log.delivered() >= 1);
+    for line in &lines[..10] {
+        log.append(TOPIC, 1, line.as_bytes());
+    }
+    log.truncate_before(TOPIC, 1, 5);
+    wait_for("the run to end", || running.is_finished());
+    let report = running.join().unwrap().expect("the run goes on");
+    assert_eq!(report.summary.messages, lines.len() as u64 + 5);
+}

@@ -170,3 +170,83 @@ fn a_hanging_store_fails_health_and_readiness_until_it_answers() {
         .expect("the run goes on once the store answers");
     assert!(latest_checkpoint_epoch(&location).is_some_and(|e| e >= 2));
 }
+
+/// A broker whose partition `blocked` delivers nothing (its leader is down).
+struct OnePartitionDown {
+    inner: meterflow::source::memory::MemorySource,
+    blocked: usize,
+}
+
+impl meterflow::source::Source for OnePartitionDown {
+    fn partitions(
+        &self,
+        topics: &[String],
+    ) -> Result<Vec<(String, i32)>, meterflow::source::SourceFailure> {
+        self.inner.partitions(topics)
+    }
+
+    fn assign(
+        &mut self,
+        partitions: &[meterflow::source::Assignment],
+    ) -> Result<(), meterflow::source::SourceFailure> {
+        self.inner.assign(partitions)
+    }
+
+    fn poll(&mut self, timeout: Duration) -> meterflow::source::Polled {
+        match self.inner.poll(timeout) {
+            meterflow::source::Polled::Record(r) if r.partition == self.blocked => {
+                meterflow::source::Polled::Nothing
+            }
+            other => other,
+        }
+    }
+
+    fn watermarks(&self, partition: usize) -> Result<(i64, i64), meterflow::source::SourceFailure> {
+        self.inner.watermarks(partition)
+    }
+
+    fn committed(&self, next_offsets: &[(usize, i64)], commit: bool) {
+        self.inner.committed(next_offsets, commit)
+    }
+}
+
+#[test]
+fn a_replay_stalls_on_its_own_partition_whatever_the_others_deliver() {
+    let lines = fleet(24, 57);
+    let log = log_of(&lines, 2);
+    let location = memory_location();
+    let options = by_size(12 << 10, true);
+    crash_before_checkpoint(&log, &location, 1, &options, SinkOptions::default());
+    // Partition 0 is down; partition 1 keeps receiving messages for 6 s.
+    let producing = {
+        let (log, lines) = (log.clone(), lines.clone());
+        thread::spawn(move || {
+            for line in lines.iter().cycle().take(60) {
+                log.append(TOPIC, 1, line.as_bytes());
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let mut options = options;
+    options.replay_stall_timeout = Duration::from_secs(1);
+    let mut source = OnePartitionDown {
+        inner: log.source(),
+        blocked: 0,
+    };
+    let started = Instant::now();
+    let error = serve_on(
+        &mut source,
+        &location,
+        &options,
+        &Telemetry::default(),
+        never(),
+    )
+    .expect_err("stalled");
+    let took = started.elapsed();
+    producing.join().unwrap();
+    assert!(
+        matches!(error, RunError::ReplayIncomplete { partition: 0, .. }),
+        "{error:?}"
+    );
+    assert!(took < Duration::from_secs(4), "failed after {took:?}");
+}

@@ -13,13 +13,14 @@ use meterflow::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
 use support::meterflow;
 use support::service::*;
 
-const SECRETS: [&str; 6] = [
+const SECRETS: [&str; 7] = [
     "sasl-password-7f3a",
     "aws-secret-key-91bd",
     "-----BEGIN PRIVATE KEY-----pem-body-55e1",
     "oauth-config-c0ffee",
     "keystore-password-env-42",
     "sasl-username-b00b",
+    "typo-option-value-d1ce",
 ];
 
 /// Where a run with secrets fails.
@@ -32,6 +33,8 @@ enum FailsAt {
     Broker,
     /// Reaching the store, with SASL credentials in the client.
     Store,
+    /// Creating the Kafka client: an option name with a typo (librdkafka quotes the value).
+    UnknownOption,
 }
 
 /// `meterflow run` with every secret of `failing`.
@@ -67,6 +70,10 @@ fn run_with_secrets(log_format: &str, failing: FailsAt) -> Output {
             .args(["--security-protocol", "sasl-ssl", "--output", &local])
             .args(["--kafka-option", &format!("ssl.key.pem={}", SECRETS[2])]),
         FailsAt::Broker => command.args(["--security-protocol", "plaintext", "--output", &local]),
+        FailsAt::UnknownOption => command.args(["--output", &local]).args([
+            "--kafka-option",
+            &format!("ssl.keystore.pasword={}", SECRETS[6]),
+        ]),
         FailsAt::Store => command
             .args(["--security-protocol", "sasl-ssl"])
             .args(["--output", "s3://bucket/prefix"]),
@@ -84,7 +91,12 @@ fn assert_no_secret(what: &str, text: &str) {
 fn no_secret_reaches_stdout_stderr_or_an_error_message() {
     let mut cases = Vec::new();
     for format in ["text", "json"] {
-        for failing in [FailsAt::Key, FailsAt::Broker, FailsAt::Store] {
+        for failing in [
+            FailsAt::Key,
+            FailsAt::Broker,
+            FailsAt::Store,
+            FailsAt::UnknownOption,
+        ] {
             cases.push(thread::spawn(move || {
                 (format, failing, run_with_secrets(format, failing))
             }));
@@ -108,6 +120,9 @@ fn no_secret_reaches_stdout_stderr_or_an_error_message() {
             stderr.to_lowercase().contains("error"),
             "{case}: an error: {stderr}"
         );
+        if matches!(failing, FailsAt::UnknownOption) {
+            assert!(stderr.contains("ssl.keystore.pasword"), "{case}: {stderr}");
+        }
         assert_no_secret(&format!("{case}: stdout"), &stdout);
         assert_no_secret(&format!("{case}: stderr"), &stderr);
     }

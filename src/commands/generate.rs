@@ -8,7 +8,6 @@ use super::CommandError;
 use crate::cli::GenerateArgs;
 use crate::generate::{self, GenerateOptions, GenerateStats, SEED_EXAMPLE};
 use crate::kafka::publish::{KafkaLines, Tee};
-use crate::kafka::KafkaSetupError;
 use crate::timestamp::{self, duration_micros};
 
 /// `generate`: writes the fleet to a file or stdout, compressed by extension.
@@ -39,18 +38,18 @@ pub fn generate_file(args: &GenerateArgs) -> Result<GenerateStats, CommandError>
         None => None,
     };
     let mut kafka = match &args.kafka_brokers {
-        Some(brokers) => Some(
-            KafkaLines::new(
-                args.kafka.settings(brokers).client_config()?,
-                &args.topic,
-                args.devices_per_message,
-                args.rate,
+        Some(brokers) => {
+            let settings = args.kafka.settings(brokers);
+            Some(
+                KafkaLines::new(
+                    settings.client_config()?,
+                    &args.topic,
+                    args.devices_per_message,
+                    args.rate,
+                )
+                .map_err(|source| settings.client_error(source))?,
             )
-            .map_err(|source| KafkaSetupError::Client {
-                brokers: brokers.clone(),
-                source,
-            })?,
-        ),
+        }
         None => None,
     };
     let mut out = Tee {

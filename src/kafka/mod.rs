@@ -80,7 +80,7 @@ pub enum KafkaSetupError {
     Client {
         brokers: String,
         #[source]
-        source: KafkaError,
+        source: MaskedError,
     },
     #[error("cannot read topic metadata from {brokers} (are the brokers reachable?)")]
     Metadata {
@@ -93,6 +93,12 @@ pub enum KafkaSetupError {
     #[error("SASL needs {variable} in the environment")]
     MissingSecret { variable: &'static str },
 }
+
+/// A client's error with every secret value replaced by `***`: librdkafka quotes a refused
+/// option's value in its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MaskedError(String);
 
 /// `security.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -258,10 +264,22 @@ impl KafkaSettings {
         Ok(config)
     }
 
-    fn client_error(&self, source: KafkaError) -> KafkaSetupError {
+    /// A client creation error, its text masked like the start-up log.
+    pub fn client_error(&self, source: KafkaError) -> KafkaSetupError {
+        let mut text = source.to_string();
+        let password = std::env::var(SASL_PASSWORD_VAR).ok();
+        let secrets = self
+            .options
+            .iter()
+            .filter(|(key, _)| !SHOWN_OPTIONS.contains(&key.as_str()))
+            .map(|(_, value)| value.as_str())
+            .chain(password.as_deref());
+        for secret in secrets.filter(|s| !s.is_empty()) {
+            text = text.replace(secret, "***");
+        }
         KafkaSetupError::Client {
             brokers: self.brokers.clone(),
-            source,
+            source: MaskedError(text),
         }
     }
 

@@ -10,8 +10,10 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
+use std::sync::Mutex;
+
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::sink::dead_letter::{DeadLetter, Origin};
 
@@ -117,10 +119,17 @@ impl Write for KafkaLines {
 }
 
 /// Sends `record`, serving delivery reports while the producer's queue is full.
-fn send_waiting<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
-    producer: &BaseProducer,
-    mut record: BaseRecord<'_, K, P>,
-) -> Result<(), KafkaError> {
+fn send_waiting<
+    C: ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C::DeliveryOpaque: Default,
+{
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -184,13 +193,35 @@ impl Write for Tee<'_> {
 /// epoch publishes its letters again (at least once: the key `topic/partition/offset/index`
 /// of the refused record identifies duplicates).
 pub struct DeadLetterTopic {
-    producer: BaseProducer,
+    producer: BaseProducer<Deliveries>,
     topic: String,
+}
+
+/// The delivery reports of the letters in flight: a letter the broker refused (too large, not
+/// authorised, topic gone) must stop its epoch's checkpoint, not vanish.
+#[derive(Default)]
+struct Deliveries {
+    failed: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            failed.get_or_insert_with(|| error.clone());
+        }
+    }
 }
 
 impl DeadLetterTopic {
     pub fn new(mut config: ClientConfig, topic: &str) -> Result<Self, KafkaError> {
-        let producer = config.set("enable.idempotence", "true").create()?;
+        let producer = config
+            .set("enable.idempotence", "true")
+            .create_with_context(Deliveries::default())?;
         Ok(DeadLetterTopic {
             producer,
             topic: topic.to_string(),
@@ -201,8 +232,19 @@ impl DeadLetterTopic {
         &self.topic
     }
 
-    /// Sends the letters and waits until the brokers have them all.
+    /// Sends the letters and waits until the brokers have acknowledged them all; the first
+    /// refusal is the error.
     pub fn publish(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+        let failed = || {
+            self.producer
+                .context()
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        };
+        // A refusal reported after the last publish gave up belongs to that one.
+        let _ = failed();
         for letter in letters {
             let key = match &letter.source {
                 Origin::Kafka {
@@ -222,7 +264,8 @@ impl DeadLetterTopic {
                 BaseRecord::to(&self.topic).key(&key).payload(payload),
             )?;
         }
-        self.producer.flush(FLUSH_TIMEOUT)
+        self.producer.flush(FLUSH_TIMEOUT)?;
+        failed().map_or(Ok(()), Err)
     }
 }
 

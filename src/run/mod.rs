@@ -216,12 +216,8 @@ pub fn run(
                 options.request_timeout,
             )?;
             let config = options.kafka.client_config()?;
-            let topic = DeadLetterTopic::new(config, topic).map_err(|source| {
-                RunError::DeadLetterTopic {
-                    topic: topic.clone(),
-                    source,
-                }
-            })?;
+            let topic = DeadLetterTopic::new(config, topic)
+                .map_err(|source| options.kafka.client_error(source))?;
             Box::new(topic) as Box<dyn DeadLetterDestination>
         }
         None => Box::new(EpochFile),
@@ -372,11 +368,15 @@ pub fn run_on(
         partitions,
         processor,
         report: &mut report,
+        replay_ends: None,
+        unexplained_refusals: 0,
     };
+    // Only for the log line below: an unreadable old intent does not stop the start.
     let mut previous = match &latest {
-        Some(checkpoint) => telemetry
-            .readiness
-            .store_call(|| runtime.block_on(service.checkpoints.intent(checkpoint.epoch)))?
+        Some(checkpoint) => runtime
+            .block_on(service.checkpoints.intent(checkpoint.epoch))
+            .ok()
+            .flatten()
             .and_then(|intent| intent.settings),
         None => None,
     };
@@ -433,7 +433,16 @@ struct Service<'a> {
     partitions: Vec<Partition>,
     processor: Processor,
     report: &'a mut RunReport,
+    /// While replaying: per partition, the offset from which records are not taken (`None`:
+    /// none are), so only the replay's own messages are buffered; the rest is read again
+    /// after it.
+    replay_ends: Option<Vec<Option<i64>>>,
+    /// Refusals of read positions in a row that the watermarks did not explain.
+    unexplained_refusals: u32,
 }
+
+/// Refusals of read positions inside the logs after which the service gives up.
+const MAX_UNEXPLAINED_REFUSALS: u32 = 3;
 
 /// How long one poll waits; bounds how late a stop request or an epoch deadline is noticed.
 const POLL: Duration = Duration::from_millis(100);
@@ -442,10 +451,26 @@ impl Service<'_> {
     /// Reads until every range of `intent` is buffered, then runs the epoch as recorded.
     fn replay(&mut self, intent: &Intent) -> Result<(), RunError> {
         let indices = self.paired(intent)?;
+        let mut ends = vec![None; self.partitions.len()];
+        for (range, &index) in intent.ranges.iter().zip(&indices) {
+            ends[index] = Some(range.end);
+        }
+        self.replay_ends = Some(ends);
+        let replayed = self.replay_ranges(intent, &indices);
+        self.replay_ends = None;
+        replayed?;
+        // What was left unread during the replay is read from here on.
+        self.reassign()?;
+        self.run_epoch(intent)
+    }
+
+    /// Polls until every range of `intent` is buffered; fails when no record of a range came
+    /// for the replay stall timeout.
+    fn replay_ranges(&mut self, intent: &Intent, indices: &[usize]) -> Result<(), RunError> {
         let mut last_record = Instant::now();
         loop {
             self.telemetry.liveness.beat();
-            let missing = intent.ranges.iter().zip(&indices).find(|(range, &index)| {
+            let missing = intent.ranges.iter().zip(indices).find(|(range, &index)| {
                 range.end > range.start
                     && self.partitions[index].received_upto.unwrap_or(i64::MIN) < range.end
             });
@@ -463,11 +488,26 @@ impl Service<'_> {
                     reached: self.partitions[index].received_upto.unwrap_or(range.start),
                 });
             }
+            // Only the ranges' own records are taken while replaying: each is progress.
             if self.poll_once()? {
                 last_record = Instant::now();
             }
         }
-        self.run_epoch(intent)
+        Ok(())
+    }
+
+    /// Assigns every partition again at the offset after its last record received.
+    fn reassign(&mut self) -> Result<(), RunError> {
+        let assignment: Vec<Assignment> = self
+            .partitions
+            .iter()
+            .map(|p| Assignment {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset: p.received_upto,
+            })
+            .collect();
+        self.source.assign(&assignment).map_err(RunError::Source)
     }
 
     /// Consumes and closes epochs until drained or stopped.
@@ -551,6 +591,11 @@ impl Service<'_> {
                     return Ok(true);
                 };
                 let offset = record.offset;
+                if let Some(ends) = &self.replay_ends {
+                    if !ends[record.partition].is_some_and(|end| offset < end) {
+                        return Ok(false);
+                    }
+                }
                 if p.received_upto.is_some_and(|upto| offset < upto) {
                     // Delivered again (a broker resending a batch): already buffered or
                     // already committed, never a second time.
@@ -575,10 +620,25 @@ impl Service<'_> {
                     offset,
                     payload: record.payload,
                 });
+                self.unexplained_refusals = 0;
                 Ok(true)
             }
             Polled::OutOfRange => {
                 self.check_positions()?;
+                // Every position lies inside its log (the client had fetched ahead, or a
+                // never-read partition's start moved): read on from the positions received.
+                self.unexplained_refusals += 1;
+                if self.unexplained_refusals > MAX_UNEXPLAINED_REFUSALS {
+                    return Err(RunError::Source(
+                        "the broker keeps refusing read positions that lie inside the \
+                         partitions' logs"
+                            .into(),
+                    ));
+                }
+                tracing::warn!(
+                    "the broker refused a read position; reading on from the last record received"
+                );
+                self.reassign()?;
                 Ok(false)
             }
             Polled::Transient(error) => {

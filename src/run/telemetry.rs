@@ -226,7 +226,7 @@ fn raise(counter: &Counter, total: u64) {
 
 /// By default, a store call pending for longer than this makes the service unready (a hanging
 /// store answers nothing, so no error would ever say so).
-pub const STORE_SLOW: Duration = Duration::from_secs(10);
+pub const STORE_SLOW: Duration = Duration::from_secs(60);
 
 /// What `/readyz` reports: the checkpoint is loaded, the last contact with Kafka and the
 /// object store succeeded, and no store call has been pending for too long.
