@@ -592,7 +592,7 @@ impl Service<'_> {
                 };
                 let offset = record.offset;
                 if let Some(ends) = &self.replay_ends {
-                    if !ends[record.partition].is_some_and(|end| offset < end) {
+                    if ends[record.partition].is_none_or(|end| offset >= end) {
                         return Ok(false);
                     }
                 }
