@@ -272,6 +272,39 @@ impl DeadLetterTopic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reading::reason::Reason;
+    use crate::sink::dead_letter::{Detail, RecordText};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    #[test]
+    fn a_letter_the_broker_refuses_fails_the_publish() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("letters", 1, 1).unwrap();
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("message.timeout.ms", "5000");
+        let topic = DeadLetterTopic::new(config, "letters").unwrap();
+        let letter = DeadLetter {
+            reason: Reason::InvalidJson,
+            detail: Detail::Text("expected value".into()),
+            source: Origin::Kafka {
+                topic: "readings".into(),
+                partition: 0,
+                offset: 7,
+            },
+            index: None,
+            record: RecordText::Owned("{not json".into()),
+        };
+        topic.publish(std::slice::from_ref(&letter)).unwrap();
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 8],
+        );
+        let refused = topic.publish(std::slice::from_ref(&letter));
+        assert!(refused.is_err(), "a refused letter fails the publish");
+    }
 
     #[test]
     fn a_message_is_keyed_by_its_gateway() {
