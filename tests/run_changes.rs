@@ -65,6 +65,16 @@ fn settings() -> (RunOptions, SinkOptions) {
     )
 }
 
+/// A restart with these settings, dead letters to files.
+fn restart(
+    log: &MemoryLog,
+    location: &meterflow::sink::store::Location,
+    options: &RunOptions,
+    sink: SinkOptions,
+) -> Result<meterflow::run::RunReport, RunError> {
+    serve_with(log, location, options, sink, Box::new(EpochFile), never())
+}
+
 #[test]
 fn a_replay_follows_its_intent_whatever_changed_before_the_restart() {
     let lines = fleet(24, 41);
@@ -80,15 +90,8 @@ fn a_replay_follows_its_intent_whatever_changed_before_the_restart() {
             crashed_files += crashed.len();
 
             change.apply(&log, &mut options, &mut sink);
-            let report = serve_with(
-                &log,
-                &location,
-                &options,
-                sink,
-                Box::new(EpochFile),
-                never(),
-            )
-            .unwrap_or_else(|e| panic!("{case}: {e:?}"));
+            let report = restart(&log, &location, &options, sink)
+                .unwrap_or_else(|e| panic!("{case}: {e:?}"));
             assert!(report.epochs >= 2, "{case}: the replay, then the rest");
             assert!(
                 epoch_files(&location, crash) == crashed,
@@ -109,15 +112,7 @@ fn new_file_settings_apply_from_the_epoch_after_the_replay() {
     let (options, mut sink) = settings();
     crash_before_checkpoint(&log, &location, 1, &options, sink);
     sink.rows_per_file = NonZeroUsize::new(5000).unwrap();
-    serve_with(
-        &log,
-        &location,
-        &options,
-        sink,
-        Box::new(EpochFile),
-        never(),
-    )
-    .unwrap();
+    restart(&log, &location, &options, sink).unwrap();
     let largest = |epochs: std::ops::RangeInclusive<u64>| {
         epochs
             .flat_map(|epoch| epoch_files(&location, epoch).into_values())

@@ -42,6 +42,15 @@ fn crashed_run(
     (lines, log, location, messages)
 }
 
+/// The restart after the crash, reading `source`.
+fn restart_on(
+    source: &mut dyn meterflow::source::Source,
+    location: &meterflow::sink::store::Location,
+    options: &meterflow::run::RunOptions,
+) -> Result<meterflow::run::RunReport, RunError> {
+    serve_on(source, location, options, &Telemetry::default(), never())
+}
+
 #[test]
 fn a_throttled_replay_longer_than_a_minute_completes() {
     let (lines, log, location, messages) = crashed_run(51);
@@ -51,14 +60,7 @@ fn a_throttled_replay_longer_than_a_minute_completes() {
     options.replay_stall_timeout = every * 3;
     let mut source = Throttled::new(log.source(), every, messages, false);
     let started = Instant::now();
-    let report = serve_on(
-        &mut source,
-        &location,
-        &options,
-        &Telemetry::default(),
-        never(),
-    )
-    .expect("the slow replay completes");
+    let report = restart_on(&mut source, &location, &options).expect("the slow replay completes");
     assert!(
         started.elapsed() > Duration::from_secs(60),
         "{:?}",
@@ -75,14 +77,7 @@ fn a_replay_whose_broker_stops_delivering_fails_after_the_stall_timeout() {
     options.replay_stall_timeout = Duration::from_secs(1);
     let mut source = Throttled::new(log.source(), Duration::ZERO, messages / 2, true);
     let started = Instant::now();
-    let error = serve_on(
-        &mut source,
-        &location,
-        &options,
-        &Telemetry::default(),
-        never(),
-    )
-    .expect_err("stalled");
+    let error = restart_on(&mut source, &location, &options).expect_err("stalled");
     assert!(
         matches!(
             error,
@@ -234,14 +229,7 @@ fn a_replay_stalls_on_its_own_partition_whatever_the_others_deliver() {
         blocked: 0,
     };
     let started = Instant::now();
-    let error = serve_on(
-        &mut source,
-        &location,
-        &options,
-        &Telemetry::default(),
-        never(),
-    )
-    .expect_err("stalled");
+    let error = restart_on(&mut source, &location, &options).expect_err("stalled");
     let took = started.elapsed();
     producing.join().unwrap();
     assert!(
