@@ -11,6 +11,7 @@ use crate::commands::CommandError;
 use crate::deltas::{StateSettings, DEFAULT_WATERMARK_QUORUM};
 use crate::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
 use crate::query;
+use crate::run::OffsetGapPolicy;
 use crate::sink::store::{self, StoreOptions};
 use crate::sink::{ParquetSink, SinkOptions};
 use crate::timestamp::duration_micros;
@@ -185,6 +186,12 @@ pub struct RunArgs {
     /// this long, however long the whole replay takes.
     #[arg(long, env = "MF_REPLAY_STALL_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub replay_stall_timeout: Duration,
+    /// When the next offset to read is no longer in its partition's log (deleted by
+    /// retention before it was read, or the topic recreated): `fail` stops with an error;
+    /// `skip-and-record` commits what was read before, goes on at the log's start and records
+    /// the gap in the checkpoint.
+    #[arg(long, env = "MF_ON_OFFSET_GAP", value_enum, default_value_t = OffsetGapPolicy::Fail)]
+    pub on_offset_gap: OffsetGapPolicy,
     /// `/healthz` answers 503 when the service loop has not gone round for this long (a
     /// wedged store or broker call), so the orchestrator restarts it. Keep it above an
     /// epoch's processing and upload time.

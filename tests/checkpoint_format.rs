@@ -8,12 +8,15 @@ use meterflow::deltas::{DayRows, Row, StateSettings};
 use meterflow::pipeline::{PipelineOptions, Processor};
 use meterflow::reading::{DecodedBlock, Limits};
 use meterflow::run::checkpoint::{
-    decode_checkpoint, encode_checkpoint, Checkpoint, CHECKPOINT_FORMAT,
+    decode_checkpoint, encode_checkpoint, Checkpoint, SkippedGap, CHECKPOINT_FORMAT,
 };
 use meterflow::sink::dead_letter::Origin;
 use meterflow::timestamp::MICROS_PER_MINUTE;
 
-const FIXTURE: &str = "tests/fixtures/checkpoint-format-1.bin";
+const FIXTURE: &str = "tests/fixtures/checkpoint-format-2.bin";
+
+/// Written by the release before format 2 (no offset gaps): still read, and continued alike.
+const FORMAT_1: &str = "tests/fixtures/checkpoint-format-1.bin";
 
 fn options() -> PipelineOptions {
     PipelineOptions {
@@ -100,6 +103,15 @@ fn checkpoint(processor: &Processor) -> Checkpoint {
         files: vec!["date=2022-07-11/part-00000003-0000.parquet".into()],
         totals: processor.summary.clone(),
         state: processor.encode_state().unwrap(),
+        offset_gaps: vec![SkippedGap {
+            topic: "meter-readings".into(),
+            partition: 0,
+            expected: 12,
+            low: 15,
+            high: 40,
+            resumed_at: 15,
+            epoch: 2,
+        }],
     }
 }
 
@@ -108,7 +120,7 @@ fn a_checkpoint_of_this_format_is_read_back_and_continued_exactly() {
     let lines = messages();
     let mut first = Processor::new(&options());
     apply(&mut first, &lines[..40]);
-    let mut got = rows(&mut first, false);
+    let got = rows(&mut first, false);
     let written = encode_checkpoint(&checkpoint(&first)).unwrap();
     if std::env::var_os("MF_UPDATE_FIXTURES").is_some() {
         std::fs::write(FIXTURE, &written).unwrap();
@@ -125,6 +137,40 @@ fn a_checkpoint_of_this_format_is_read_back_and_continued_exactly() {
         fixture,
         "decoding the fixture loses nothing"
     );
+    continues_exactly(&restored, &first, got);
+}
+
+#[test]
+fn a_checkpoint_of_format_1_is_still_read_and_continued_exactly() {
+    let lines = messages();
+    let mut first = Processor::new(&options());
+    apply(&mut first, &lines[..40]);
+    let got = rows(&mut first, false);
+    let fixture = std::fs::read(FORMAT_1).expect("the format-1 fixture exists");
+    assert_eq!(&fixture[4..8], &1u32.to_le_bytes(), "a format-1 object");
+    let restored = decode_checkpoint(FORMAT_1, &fixture).unwrap();
+    let expected = checkpoint(&first);
+    assert_eq!(
+        (
+            &restored.partitions,
+            &restored.next_offsets,
+            &restored.files
+        ),
+        (
+            &expected.partitions,
+            &expected.next_offsets,
+            &expected.files
+        )
+    );
+    assert_eq!(restored.state, expected.state, "the same per-device state");
+    assert!(restored.offset_gaps.is_empty(), "format 1 had no gaps");
+    continues_exactly(&restored, &first, got);
+}
+
+/// `restored` (after the first 40 messages, whose rows were `got`) continued with the rest
+/// gives the rows and counts of one uninterrupted run.
+fn continues_exactly(restored: &Checkpoint, first: &Processor, mut got: Vec<Row>) {
+    let lines = messages();
     assert_eq!(restored.totals.messages, first.summary.messages);
     assert_eq!(restored.totals.dead_letters, first.summary.dead_letters);
     let mut second =

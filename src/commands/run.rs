@@ -32,6 +32,7 @@ pub fn run_service(
         request_timeout: Duration::from_secs(30),
         dead_letter_topic: args.dead_letter_topic.clone(),
         replay_stall_timeout: args.replay_stall_timeout,
+        on_offset_gap: args.on_offset_gap,
     };
     tracing::info!(
         kafka = %options.kafka,
@@ -46,6 +47,7 @@ pub fn run_service(
         idle_timeout = ?options.idle_timeout,
         stop_when_drained = options.stop_when_drained,
         replay_stall_timeout = ?options.replay_stall_timeout,
+        on_offset_gap = ?options.on_offset_gap,
         stall_timeout = ?args.stall_timeout,
         dead_letter_topic = options.dead_letter_topic.as_deref().unwrap_or("(files)"),
         "meterflow run starting (dead letters to a topic are sent at least once)"

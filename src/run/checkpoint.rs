@@ -91,12 +91,17 @@ impl CheckpointError {
 }
 
 /// Format of checkpoint objects (and of the per-device state inside them). Format 0 had no
-/// version mark: a zstd frame of the postcard encoding.
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// version mark: a zstd frame of the postcard encoding. Format 1 had no `offset_gaps`, and is
+/// still read.
+pub const CHECKPOINT_FORMAT: u32 = 2;
+
+/// The oldest checkpoint format still read.
+const OLDEST_CHECKPOINT_FORMAT: u32 = 1;
 
 /// Format of intent objects written. Format 0 had no `format` field; format 1 had no
-/// `settings`, and is still read (its replay takes the settings from the flags).
-pub const INTENT_FORMAT: u32 = 2;
+/// `settings`, and is still read (its replay takes the settings from the flags); format 2 had
+/// no `offset_gaps`.
+pub const INTENT_FORMAT: u32 = 3;
 
 /// The oldest intent format still read.
 const OLDEST_INTENT_FORMAT: u32 = 1;
@@ -134,6 +139,27 @@ pub struct Intent {
     /// The settings the epoch was processed with; `None` in an intent of format 1.
     #[serde(default)]
     pub settings: Option<EpochSettings>,
+    /// Offset gaps skipped (`--on-offset-gap skip-and-record`) since the previous checkpoint:
+    /// a replay repositions those partitions first, as the recorded epoch did.
+    #[serde(default)]
+    pub offset_gaps: Vec<SkippedGap>,
+}
+
+/// Offsets a partition lost that the service skipped by the operator's choice
+/// (`--on-offset-gap skip-and-record`), recorded in the intent and the checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedGap {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the service was to read.
+    pub expected: i64,
+    /// The partition's log when the gap was found: offsets `low..high`.
+    pub low: i64,
+    pub high: i64,
+    /// Where reading went on (the log's start).
+    pub resumed_at: i64,
+    /// The first epoch that read after the gap.
+    pub epoch: u64,
 }
 
 /// Every setting an epoch's bytes depend on besides its messages and its clock, recorded in
@@ -236,6 +262,37 @@ pub struct Checkpoint {
     pub totals: Summary,
     /// The per-device state (`Deltas::encode_state`).
     pub state: Vec<u8>,
+    /// Every offset gap skipped on this prefix, oldest first (the last
+    /// [`MAX_RECORDED_GAPS`]): what the output lacks, for an audit.
+    pub offset_gaps: Vec<SkippedGap>,
+}
+
+/// Skipped gaps a checkpoint keeps; older ones stay in the logs and the metric only.
+pub const MAX_RECORDED_GAPS: usize = 1000;
+
+/// A checkpoint of format 1 (no `offset_gaps`), read and converted.
+#[derive(Deserialize)]
+struct CheckpointFormat1 {
+    epoch: u64,
+    partitions: Vec<(String, i32)>,
+    next_offsets: Vec<i64>,
+    files: Vec<String>,
+    totals: Summary,
+    state: Vec<u8>,
+}
+
+impl From<CheckpointFormat1> for Checkpoint {
+    fn from(old: CheckpointFormat1) -> Self {
+        Checkpoint {
+            epoch: old.epoch,
+            partitions: old.partitions,
+            next_offsets: old.next_offsets,
+            files: old.files,
+            totals: old.totals,
+            state: old.state,
+            offset_gaps: Vec::new(),
+        }
+    }
 }
 
 /// Checkpoints and intents of one output location.
@@ -505,10 +562,15 @@ pub fn decode_checkpoint(path: &str, bytes: &[u8]) -> Result<Checkpoint, Checkpo
         [z0, z1, z2, z3, ..] if [*z0, *z1, *z2, *z3] == ZSTD_MAGIC => 0,
         _ => return Err(corrupt(path, "not a meterflow checkpoint")),
     };
-    if found != CHECKPOINT_FORMAT {
+    if !(OLDEST_CHECKPOINT_FORMAT..=CHECKPOINT_FORMAT).contains(&found) {
         return Err(format_error(path, found, CHECKPOINT_FORMAT));
     }
     let decompressed = zstd::decode_all(&bytes[8..]).map_err(|e| corrupt(path, e))?;
+    if found == 1 {
+        let old: CheckpointFormat1 =
+            postcard::from_bytes(&decompressed).map_err(|e| corrupt(path, e))?;
+        return Ok(old.into());
+    }
     postcard::from_bytes(&decompressed).map_err(|e| corrupt(path, e))
 }
 
@@ -583,6 +645,15 @@ mod tests {
             files: vec![format!("date=2022-07-11/part-{epoch:08}-0000.parquet")],
             totals,
             state: vec![1, 2, 3, epoch as u8],
+            offset_gaps: vec![SkippedGap {
+                topic: "meter-readings".into(),
+                partition: 1,
+                expected: 9,
+                low: 0,
+                high: 3,
+                resumed_at: 0,
+                epoch: 1,
+            }],
         }
     }
 
@@ -608,6 +679,7 @@ mod tests {
                 zstd_level: 1,
                 dead_letter_topic: None,
             }),
+            offset_gaps: Vec::new(),
         }
     }
 
@@ -724,7 +796,7 @@ mod tests {
                 error,
                 CheckpointError::Format {
                     found: 0,
-                    supported: 1,
+                    supported: CHECKPOINT_FORMAT,
                     ..
                 }
             ),

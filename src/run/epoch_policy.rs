@@ -19,6 +19,8 @@ pub enum CloseReason {
     /// A partition turned idle (or active again) with readings waiting: they may be released
     /// although no message came.
     IdleChange,
+    /// An offset gap is to be skipped: what was read before it is committed first.
+    OffsetGap,
 }
 
 impl fmt::Display for CloseReason {
@@ -29,6 +31,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Interval => "epoch-interval passed",
             CloseReason::Drained => "drained",
             CloseReason::IdleChange => "idle partitions changed",
+            CloseReason::OffsetGap => "an offset gap is skipped",
         })
     }
 }
@@ -48,6 +51,8 @@ pub struct LoopState {
     /// The partitions idle now differ from those the state treats as idle.
     pub idle_changed: bool,
     pub stopping: bool,
+    /// An offset gap waits to be skipped (`--on-offset-gap skip-and-record`).
+    pub gap_found: bool,
 }
 
 /// The closing rules of `meterflow run`.
@@ -62,6 +67,8 @@ impl EpochPolicy {
     pub fn close(&self, seen: &LoopState) -> Option<CloseReason> {
         if seen.stopping && seen.has_messages {
             Some(CloseReason::Stop)
+        } else if seen.gap_found && seen.has_messages {
+            Some(CloseReason::OffsetGap)
         } else if seen.buffered_bytes >= self.max_bytes {
             Some(CloseReason::Full)
         } else if seen.has_messages && seen.elapsed >= self.interval {
@@ -108,6 +115,12 @@ mod tests {
             ..quiet
         };
         assert_eq!(POLICY.close(&waiting), None);
+        // A gap to skip with nothing read before it is skipped without an epoch.
+        let gap = LoopState {
+            gap_found: true,
+            ..quiet
+        };
+        assert_eq!(POLICY.close(&gap), None);
     }
 
     #[test]
@@ -125,6 +138,13 @@ mod tests {
                     ..messages
                 },
                 CloseReason::Stop,
+            ),
+            (
+                LoopState {
+                    gap_found: true,
+                    ..messages
+                },
+                CloseReason::OffsetGap,
             ),
             (
                 LoopState {

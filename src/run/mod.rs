@@ -38,6 +38,7 @@ use crate::pipeline::{encode_epoch, PipelineOptions, Processor};
 use crate::reading::{DecodedBlock, Limits};
 use crate::run::checkpoint::{
     Checkpoint, CheckpointError, CheckpointStore, EpochSettings, Intent, PartitionRange,
+    SkippedGap, MAX_RECORDED_GAPS,
 };
 use crate::run::dead_letters::{DeadLetterDestination, EpochFile};
 use crate::run::epoch_policy::{EpochPolicy, LoopState};
@@ -94,8 +95,7 @@ pub enum RunError {
     },
     #[error(
         "{topic}[{partition}]: the next offset to read is {expected}, but the partition holds \
-         offsets {low}..{high}: {why}. meterflow stops rather than skip or misread data; \
-         nothing was written for it. Restore the topic's data, or run on a new output prefix"
+         offsets {low}..{high}: {why}. {what}"
     )]
     OffsetGap {
         topic: String,
@@ -104,6 +104,7 @@ pub enum RunError {
         low: i64,
         high: i64,
         why: &'static str,
+        what: &'static str,
     },
     #[error(
         "the intent of epoch {epoch} does not name {topic}[{partition}], which the last \
@@ -157,6 +158,21 @@ pub struct RunOptions {
     /// A replay fails when no record arrived for this long (however long the whole replay
     /// takes).
     pub replay_stall_timeout: Duration,
+    /// What a read position outside its partition's log does (offsets deleted before they
+    /// were read, or the topic recreated).
+    pub on_offset_gap: OffsetGapPolicy,
+}
+
+/// `--on-offset-gap`: what the service does when the next offset to read is no longer in its
+/// partition's log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OffsetGapPolicy {
+    /// Stop with an error naming the gap; nothing is written for it.
+    #[default]
+    Fail,
+    /// Commit what was read before the gap, go on at the log's start, and record the gap in
+    /// the intent and the checkpoints (and the log and the metric).
+    SkipAndRecord,
 }
 
 /// What a run did before it stopped.
@@ -216,7 +232,7 @@ pub fn run(
                 options.request_timeout,
             )?;
             let config = options.kafka.client_config()?;
-            let topic = DeadLetterTopic::new(config, topic)
+            let topic = DeadLetterTopic::new(config, topic, options.request_timeout)
                 .map_err(|source| options.kafka.client_error(source))?;
             Box::new(topic) as Box<dyn DeadLetterDestination>
         }
@@ -312,6 +328,18 @@ pub fn run_on(
             }
         }
     }
+    // The recorded epoch read after the gaps it skipped: so does its replay.
+    let recorded_gaps = pending.as_ref().map_or(&[][..], |i| &i.offset_gaps[..]);
+    for gap in recorded_gaps {
+        if let Some(index) = position(&partitions, &gap.topic, gap.partition) {
+            partitions[index].next_offset = Some(gap.resumed_at);
+            partitions[index].received_upto = Some(gap.resumed_at);
+        }
+    }
+    let mut offset_gaps = latest
+        .as_ref()
+        .map_or_else(Vec::new, |checkpoint| checkpoint.offset_gaps.clone());
+    offset_gaps.extend(recorded_gaps.iter().cloned());
     let in_replay = partitions.len();
     for (topic, partition) in discovered {
         if position(&partitions, &topic, partition).is_none() {
@@ -370,6 +398,9 @@ pub fn run_on(
         report: &mut report,
         replay_ends: None,
         unexplained_refusals: 0,
+        offset_gaps,
+        unrecorded_gaps: Vec::new(),
+        found_gaps: Vec::new(),
     };
     // Only for the log line below: an unreadable old intent does not stop the start.
     let mut previous = match &latest {
@@ -380,7 +411,20 @@ pub fn run_on(
             .and_then(|intent| intent.settings),
         None => None,
     };
-    service.check_positions()?;
+    // Nothing is buffered yet: a gap skipped now needs no epoch closed first. A replay needs
+    // its ranges' records, which a gap there has lost.
+    if service.check_positions(epoch)? {
+        if let Some(lost) = service.found_gaps.iter().find(|gap| {
+            pending.as_ref().is_some_and(|intent| {
+                intent.ranges.iter().any(|r| {
+                    r.topic == gap.topic && r.partition == gap.partition && r.end > r.start
+                })
+            })
+        }) {
+            return Err(lost.error("the offsets the epoch to replay read are gone"));
+        }
+        service.apply_found_gaps()?;
+    }
     if let Some(intent) = pending {
         tracing::info!(epoch, "replaying the epoch recorded before the last stop");
         service.replay(&intent)?;
@@ -401,6 +445,32 @@ pub fn run_on(
     report.elapsed = now.elapsed();
     report.summary.elapsed = report.elapsed;
     Ok(report)
+}
+
+impl SkippedGap {
+    /// What the watermarks say happened.
+    fn why(&self) -> &'static str {
+        if self.expected < self.low {
+            "the offsets before the partition's start were deleted before they were read \
+             (retention ran ahead of the service)"
+        } else {
+            "the partition ends before what was already read (the topic was deleted and \
+             recreated, or truncated)"
+        }
+    }
+
+    /// The run's error for this gap; `what` says what the service does about it.
+    fn error(&self, what: &'static str) -> RunError {
+        RunError::OffsetGap {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            expected: self.expected,
+            low: self.low,
+            high: self.high,
+            why: self.why(),
+            what,
+        }
+    }
 }
 
 /// Where (topic, partition) is in `partitions`.
@@ -439,6 +509,12 @@ struct Service<'a> {
     replay_ends: Option<Vec<Option<i64>>>,
     /// Refusals of read positions in a row that the watermarks did not explain.
     unexplained_refusals: u32,
+    /// Every offset gap skipped on this prefix (the checkpoints' record).
+    offset_gaps: Vec<SkippedGap>,
+    /// Gaps skipped since the last checkpoint, for the next intent.
+    unrecorded_gaps: Vec<SkippedGap>,
+    /// Gaps found and to be skipped once what was read before them is committed.
+    found_gaps: Vec<SkippedGap>,
 }
 
 /// Refusals of read positions inside the logs after which the service gives up.
@@ -453,7 +529,8 @@ impl Service<'_> {
         let indices = self.paired(intent)?;
         let mut ends = vec![None; self.partitions.len()];
         for (range, &index) in intent.ranges.iter().zip(&indices) {
-            ends[index] = Some(range.end);
+            // An empty range takes nothing (its partition may have moved past a gap).
+            ends[index] = (range.end > range.start).then_some(range.end);
         }
         self.replay_ends = Some(ends);
         let replayed = self.replay_ranges(intent, &indices);
@@ -523,8 +600,10 @@ impl Service<'_> {
             let full = buffered_bytes >= self.options.epoch.max_bytes;
             // Asking the broker for end offsets waits behind the consumer's long-poll fetches
             // on the same connection, so it is done only when a poll came back empty.
+            // A gap waiting to be skipped is not drained: the log after it is still unread.
             let drained = self.options.stop_when_drained
                 && caught_up
+                && self.found_gaps.is_empty()
                 && last_drain_check.elapsed() >= Duration::from_millis(500)
                 && {
                     last_drain_check = Instant::now();
@@ -539,6 +618,7 @@ impl Service<'_> {
                 // Only looked at without messages (two small vectors a poll otherwise).
                 idle_changed: !has_messages && self.idle_now() != self.processor.idle_flags(),
                 stopping,
+                gap_found: !self.found_gaps.is_empty(),
             };
             if let Some(reason) = self.options.epoch.close(&seen) {
                 tracing::info!(epoch, %reason, "closing epoch");
@@ -547,6 +627,14 @@ impl Service<'_> {
                 self.run_epoch(&intent)?;
                 epoch += 1;
                 started = Instant::now();
+            }
+            if !self.found_gaps.is_empty()
+                && !self.partitions.iter().any(|p| !p.buffered.is_empty())
+            {
+                for gap in &mut self.found_gaps {
+                    gap.epoch = epoch;
+                }
+                self.apply_found_gaps()?;
             }
             if drained || stopping {
                 self.report.next_epoch = epoch;
@@ -624,7 +712,16 @@ impl Service<'_> {
                 Ok(true)
             }
             Polled::OutOfRange => {
-                self.check_positions()?;
+                if self.check_positions(0)? {
+                    if let Some(gap) = self
+                        .found_gaps
+                        .first()
+                        .filter(|_| self.replay_ends.is_some())
+                    {
+                        return Err(gap.error("the epoch being replayed cannot skip it"));
+                    }
+                    return Ok(false);
+                }
                 // Every position lies inside its log (the client had fetched ahead, or a
                 // never-read partition's start moved): read on from the positions received.
                 self.unexplained_refusals += 1;
@@ -650,38 +747,79 @@ impl Service<'_> {
         }
     }
 
-    /// Fails closed when a partition's read position lies outside its log: the offsets up to
-    /// the log's start were deleted before they were read, or the log is shorter than what
-    /// was read (the topic recreated or truncated). Gaps inside the log (compaction,
-    /// transaction markers) are not looked for here; they are counted as skipped offsets.
-    fn check_positions(&self) -> Result<(), RunError> {
+    /// Compares every read position with its partition's log: offsets before the log's start
+    /// were deleted before they were read, a position past its end means the log is shorter
+    /// than what was read (the topic recreated or truncated). Such a gap fails the run, or
+    /// with `skip-and-record` joins the gaps to skip (recorded as of `epoch`); whether any
+    /// was found. Gaps inside the log (compaction, transaction markers) are not looked for
+    /// here; they are counted as skipped offsets.
+    fn check_positions(&mut self, epoch: u64) -> Result<bool, RunError> {
+        let mut found = false;
         for (index, p) in self.partitions.iter().enumerate() {
             let Some(expected) = p.received_upto else {
                 continue;
             };
             let (low, high) = self.source.watermarks(index).map_err(RunError::Source)?;
-            let why = if expected < low {
-                "the offsets before the partition's start were deleted before they were read \
-                 (retention ran ahead of the service)"
-            } else if expected > high {
-                "the partition ends before what was already read (the topic was deleted and \
-                 recreated, or truncated)"
-            } else {
+            if (low..=high).contains(&expected) {
                 continue;
-            };
+            }
             self.telemetry
                 .metrics
                 .observe_offset_gap(&p.topic, p.partition);
-            return Err(RunError::OffsetGap {
+            let gap = SkippedGap {
                 topic: p.topic.to_string(),
                 partition: p.partition,
                 expected,
                 low,
                 high,
-                why,
-            });
+                resumed_at: low,
+                epoch,
+            };
+            if self.options.on_offset_gap == OffsetGapPolicy::Fail {
+                return Err(gap.error(
+                    "meterflow stops rather than skip or misread data; nothing was written for \
+                     it. Restore the topic's data, run on a new output prefix, or skip the gap \
+                     with --on-offset-gap skip-and-record",
+                ));
+            }
+            found = true;
+            if !self
+                .found_gaps
+                .iter()
+                .any(|g| g.topic == gap.topic && g.partition == gap.partition)
+            {
+                self.found_gaps.push(gap);
+            }
         }
-        Ok(())
+        Ok(found)
+    }
+
+    /// Goes on after each found gap at its log's start, and records it (nothing may be
+    /// buffered: a recreated log's offsets restart below what was read).
+    fn apply_found_gaps(&mut self) -> Result<(), RunError> {
+        for gap in std::mem::take(&mut self.found_gaps) {
+            tracing::warn!(
+                topic = %gap.topic,
+                partition = gap.partition,
+                expected = gap.expected,
+                low = gap.low,
+                high = gap.high,
+                resumed_at = gap.resumed_at,
+                why = gap.why(),
+                "skipping an offset gap (--on-offset-gap skip-and-record); recorded in the checkpoint"
+            );
+            if let Some(index) = position(&self.partitions, &gap.topic, gap.partition) {
+                let p = &mut self.partitions[index];
+                p.next_offset = Some(gap.resumed_at);
+                p.received_upto = Some(gap.resumed_at);
+            }
+            self.unrecorded_gaps.push(gap.clone());
+            self.offset_gaps.push(gap);
+        }
+        let excess = self.offset_gaps.len().saturating_sub(MAX_RECORDED_GAPS);
+        self.offset_gaps.drain(..excess);
+        self.unexplained_refusals = 0;
+        self.reassign()
     }
 
     /// Per partition, whether it has been quiet for the idle timeout with nothing buffered.
@@ -720,6 +858,7 @@ impl Service<'_> {
             idle,
             end_of_input,
             settings: Some(self.settings()),
+            offset_gaps: self.unrecorded_gaps.clone(),
         }
     }
 
@@ -832,7 +971,10 @@ impl Service<'_> {
 
         for (&index, range) in indices.iter().zip(&intent.ranges) {
             let p = &mut self.partitions[index];
-            p.next_offset = Some(range.end.max(p.next_offset.unwrap_or(range.end)));
+            // An empty range moves nothing (its partition may have skipped a gap since).
+            if range.end > range.start {
+                p.next_offset = Some(range.end.max(p.next_offset.unwrap_or(range.end)));
+            }
         }
         let checkpoint = Checkpoint {
             epoch: intent.epoch,
@@ -849,10 +991,12 @@ impl Service<'_> {
             files: written.data_files,
             totals: self.processor.summary.clone(),
             state: self.processor.encode_state()?,
+            offset_gaps: self.offset_gaps.clone(),
         };
         self.telemetry
             .readiness
             .store_call(|| self.runtime.block_on(self.checkpoints.commit(&checkpoint)))?;
+        self.unrecorded_gaps.clear();
         self.commit_offsets(&checkpoint);
         self.observe(intent.epoch, started);
         self.report.epochs += 1;

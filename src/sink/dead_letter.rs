@@ -211,6 +211,113 @@ impl DeadLetter {
     }
 }
 
+/// What a letter cut to fit its destination says about the record it no longer holds whole
+/// (contract §2): the record's size and SHA-256, so it can be found and checked in the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Truncated {
+    /// The original record's size in bytes (UTF-8).
+    pub bytes: usize,
+    /// Lower-case hex SHA-256 of the original record's bytes.
+    pub sha256: String,
+}
+
+/// A letter as sent when it had to be cut: the same fields, `detail` and `record` prefixes.
+#[derive(Serialize)]
+struct CutLetter<'a> {
+    reason: Reason,
+    detail: &'a str,
+    source: &'a Origin,
+    index: Option<u32>,
+    record: &'a str,
+    truncated: &'a Truncated,
+}
+
+/// A letter cannot be made to fit: even without its record and detail it is larger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a dead letter needs {needed} bytes even with its record cut, the limit is {limit}")]
+pub struct LetterTooLarge {
+    pub needed: usize,
+    pub limit: usize,
+}
+
+impl DeadLetter {
+    /// The JSON text (no newline) in at most `limit` bytes: the letter itself when it fits,
+    /// else with `record` (then, were that not enough, `detail`) cut at a character boundary
+    /// and a `truncated` field. Linear in the letter's size.
+    pub fn json_within(&self, limit: usize) -> Result<Vec<u8>, LetterTooLarge> {
+        let mut whole = Vec::new();
+        self.write_json_line(&mut whole);
+        whole.pop();
+        if whole.len() <= limit {
+            return Ok(whole);
+        }
+        let record = self.record.as_str();
+        let truncated = Truncated {
+            bytes: record.len(),
+            sha256: sha256_hex(record.as_bytes()),
+        };
+        let detail = self.detail.to_string();
+        let cut = |detail: &str, record: &str| {
+            serde_json::to_vec(&CutLetter {
+                reason: self.reason,
+                detail,
+                source: &self.source,
+                index: self.index,
+                record,
+                truncated: &truncated,
+            })
+            .unwrap_or_default()
+        };
+        let bare = cut("", "").len();
+        if bare > limit {
+            return Err(LetterTooLarge {
+                needed: bare,
+                limit,
+            });
+        }
+        let detail = json_prefix(&detail, limit - bare);
+        let room = limit - bare - escaped_len(detail);
+        let text = cut(detail, json_prefix(record, room));
+        debug_assert!(text.len() <= limit, "{} > {limit}", text.len());
+        Ok(text)
+    }
+}
+
+/// The longest prefix of `text` whose JSON string escape takes at most `room` bytes.
+fn json_prefix(text: &str, room: usize) -> &str {
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        used += escaped_char_len(c);
+        if used > room {
+            return &text[..at];
+        }
+    }
+    text
+}
+
+/// Bytes of `text` inside a JSON string, as serde_json escapes it (without the quotes).
+fn escaped_len(text: &str) -> usize {
+    text.chars().map(escaped_char_len).sum()
+}
+
+fn escaped_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +354,81 @@ mod tests {
             serde_json::json!({"topic":"t","partition":2,"offset":9})
         );
         assert!(value["index"].is_null());
+    }
+
+    fn letter_of(record: String, detail: String) -> DeadLetter {
+        DeadLetter {
+            reason: Reason::InvalidJson,
+            detail: Detail::Text(detail),
+            source: Origin::Kafka {
+                topic: "readings".into(),
+                partition: 3,
+                offset: 41,
+            },
+            index: Some(2),
+            record: record.into(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the record (quotes, controls, any script) and limit: the text fits, is
+        /// JSON, keeps every field but the cut ones, and the cut ones are prefixes with the
+        /// original's size and digest.
+        #[test]
+        fn a_letter_is_cut_to_fit_and_says_what_it_held(
+            record in "(\\PC|[\"\\\\\u{0}-\u{1f}]){0,400}",
+            detail in "(\\PC|\"){0,80}",
+            limit in 0usize..1200,
+        ) {
+            let letter = letter_of(record.clone(), detail.clone());
+            let whole = letter.to_json_line();
+            match letter.json_within(limit) {
+                Err(too_large) => {
+                    proptest::prop_assert!(too_large.needed > limit);
+                    proptest::prop_assert!(whole.len() - 1 > limit);
+                }
+                Ok(text) => {
+                    proptest::prop_assert!(text.len() <= limit, "{} > {limit}", text.len());
+                    let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                    let expected: serde_json::Value = serde_json::from_str(&whole).unwrap();
+                    if whole.len() - 1 <= limit {
+                        proptest::prop_assert_eq!(text.as_slice(), whole.trim_end().as_bytes());
+                    } else {
+                        for field in ["reason", "source", "index"] {
+                            proptest::prop_assert_eq!(&value[field], &expected[field]);
+                        }
+                        let cut = value["record"].as_str().unwrap();
+                        proptest::prop_assert!(record.starts_with(cut));
+                        proptest::prop_assert!(detail.starts_with(value["detail"].as_str().unwrap()));
+                        proptest::prop_assert_eq!(&value["truncated"]["bytes"], &serde_json::json!(record.len()));
+                        proptest::prop_assert_eq!(
+                            value["truncated"]["sha256"].as_str().unwrap(),
+                            sha256_hex(record.as_bytes())
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_letter_keeps_as_much_of_its_record_as_fits() {
+        let record = "x".repeat(10_000);
+        let letter = letter_of(record.clone(), "expected value".into());
+        let text = letter.json_within(1024).unwrap();
+        assert!(
+            text.len() >= 1023,
+            "at most one byte unused: {}",
+            text.len()
+        );
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(value["detail"], "expected value", "the detail stays whole");
+        assert_eq!(value["truncated"]["bytes"], 10_000);
+        // The SHA-256 of 10 000 'x', as `sha256sum` gives it.
+        assert_eq!(
+            value["truncated"]["sha256"],
+            "e4ee97ec252749d2096447e849628d0d7734f51700416eefbb33574bf0b3ee75"
+        );
     }
 
     #[test]

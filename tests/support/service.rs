@@ -114,6 +114,7 @@ pub fn options(policy: EpochPolicy, idle_timeout: Duration, stop_when_drained: b
         request_timeout: Duration::from_secs(5),
         dead_letter_topic: None,
         replay_stall_timeout: Duration::from_secs(5),
+        on_offset_gap: meterflow::run::OffsetGapPolicy::Fail,
     }
 }
 
