@@ -7,6 +7,8 @@
 
 mod support;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -156,42 +158,88 @@ fn a_gap_found_while_running_commits_what_was_read_and_goes_on_after_it() {
 }
 
 #[test]
-fn a_crash_in_the_epoch_after_a_skip_is_replayed_from_its_recorded_gap() {
-    let lines = fleet(16, 85);
-    let (first, second) = lines.split_at(lines.len() / 2);
-    let log = log_with(first);
+fn a_crash_around_a_skip_is_replayed_from_its_recorded_gap() {
+    // The skip commits an epoch of its own (no messages, no files) before the messages read
+    // after the gap get theirs: a crash in either replays into the same bytes.
+    for after_skip in [0, 1] {
+        let lines = fleet(16, 85);
+        let (first, second) = lines.split_at(lines.len() / 2);
+        let log = log_with(first);
+        let location = memory_location();
+        let gap_epoch = commit_all_then_stop(&log, &location, first.len());
+        for line in second {
+            log.append(TOPIC, 0, line.as_bytes());
+        }
+        let next = first.len() as i64;
+        log.truncate_before(TOPIC, 0, next + 7);
+
+        let options = skipping(by_size(4096, true));
+        let crash = gap_epoch + after_skip;
+        let crashed =
+            crash_before_checkpoint(&log, &location, crash, &options, SinkOptions::default());
+        assert_eq!(
+            crashed.is_empty(),
+            after_skip == 0,
+            "epoch {crash}: {crashed:?}"
+        );
+        let intent = runtime()
+            .block_on(CheckpointStore::new(location.clone()).intent(crash))
+            .unwrap()
+            .expect("the crashed epoch's intent");
+        assert_eq!(
+            intent.offset_gaps.len(),
+            1 - after_skip as usize,
+            "{intent:?}"
+        );
+        assert_eq!(intent.ranges[0].start, next + 7, "{intent:?}");
+
+        serve(&log, &location, &options, never()).expect("the replay goes on after the gap");
+        assert_eq!(
+            epoch_files(&location, crash),
+            crashed,
+            "epoch {crash}: the replay rewrote the crashed epoch byte for byte"
+        );
+        assert_equals_transform_of(&location, &[first, &second[7..]].concat());
+        let gaps = recorded_gaps(&location);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0].epoch, gap_epoch, "{gaps:?}");
+    }
+}
+
+#[test]
+fn a_skip_is_committed_before_anything_after_it_is_read() {
+    // Stopped right after the skip, before a message of the new log was read: were the skip
+    // only in memory, the restart would find the old position inside the refilled log, see no
+    // gap, and never read the new log's first offsets.
+    let first = fleet(16, 88);
+    let log = log_with(&first);
     let location = memory_location();
-    let next_epoch = commit_all_then_stop(&log, &location, first.len());
-    for line in second {
+    let gap_epoch = commit_all_then_stop(&log, &location, first.len());
+    log.create_topic(TOPIC, 1);
+    let refill: Vec<String> = fleet(24, 89)
+        .iter()
+        .map(|l| l.replace("2022-07-11", "2022-07-12"))
+        .collect();
+    let (before_stop, after_stop) = refill.split_at(5);
+    for line in before_stop {
         log.append(TOPIC, 0, line.as_bytes());
     }
-    let next = first.len() as i64;
-    log.truncate_before(TOPIC, 0, next + 7);
+    let stopped = Arc::new(AtomicBool::new(true));
+    serve(&log, &location, &skipping(draining()), stopped).expect("stops at once");
+    let gaps = recorded_gaps(&location);
+    assert_eq!(gaps.len(), 1, "the skip is in the checkpoint: {gaps:?}");
+    assert_eq!((gaps[0].resumed_at, gaps[0].epoch), (0, gap_epoch));
 
-    let options = skipping(by_size(4096, true));
-    let crashed = crash_before_checkpoint(
-        &log,
-        &location,
-        next_epoch,
-        &options,
-        SinkOptions::default(),
+    // The new log grows past the old position before the restart.
+    assert!(
+        refill.len() > first.len(),
+        "the refill passes the old position"
     );
-    assert!(!crashed.is_empty(), "the crashed epoch wrote files");
-    let intent = runtime()
-        .block_on(CheckpointStore::new(location.clone()).intent(next_epoch))
-        .unwrap()
-        .expect("the crashed epoch's intent");
-    assert_eq!(intent.offset_gaps.len(), 1, "{intent:?}");
-    assert_eq!(intent.ranges[0].start, next + 7, "{intent:?}");
-
-    serve(&log, &location, &options, never()).expect("the replay goes on after the gap");
-    assert_eq!(
-        epoch_files(&location, next_epoch),
-        crashed,
-        "the replay rewrote the crashed epoch byte for byte"
-    );
-    assert_equals_transform_of(&location, &[first, &second[7..]].concat());
-    assert_eq!(recorded_gaps(&location).len(), 1);
+    for line in after_stop {
+        log.append(TOPIC, 0, line.as_bytes());
+    }
+    serve(&log, &location, &skipping(draining()), never()).unwrap();
+    assert_equals_transform_of(&location, &[&first[..], &refill[..]].concat());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Kafka clients from meterflow's settings: brokers, TLS and SASL (SCRAM or PLAIN, as AWS MSK
 //! uses), with secrets only from the environment.
 
+pub mod dead_letter_topic;
 pub mod publish;
 pub mod source;
 

@@ -158,7 +158,8 @@ pub struct SkippedGap {
     pub high: i64,
     /// Where reading went on (the log's start).
     pub resumed_at: i64,
-    /// The first epoch that read after the gap.
+    /// The epoch whose checkpoint first records the gap: one without messages committed
+    /// as soon as the gap is skipped, or the replayed epoch when it was found at a restart.
     pub epoch: u64,
 }
 

@@ -2,7 +2,7 @@
 //! default) or a Kafka topic (`--dead-letter-topic`), behind one interface so the epoch's
 //! steps do not branch on the choice.
 
-use crate::kafka::publish::DeadLetterTopic;
+use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::run::RunError;
 use crate::sink::dead_letter::DeadLetter;
 

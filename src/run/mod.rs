@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use crate::deltas::{StateError, StateSettings};
-use crate::kafka::publish::DeadLetterTopic;
+use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::source::KafkaSource;
 use crate::kafka::{KafkaSettings, KafkaSetupError};
 use crate::pipeline::{encode_epoch, PipelineOptions, Processor};
@@ -41,7 +41,7 @@ use crate::run::checkpoint::{
     SkippedGap, MAX_RECORDED_GAPS,
 };
 use crate::run::dead_letters::{DeadLetterDestination, EpochFile};
-use crate::run::epoch_policy::{EpochPolicy, LoopState};
+use crate::run::epoch_policy::{CloseReason, EpochPolicy, LoopState};
 use crate::run::telemetry::Telemetry;
 use crate::sink::dead_letter::Origin;
 use crate::sink::{ParquetSink, SinkError};
@@ -340,6 +340,7 @@ pub fn run_on(
         .as_ref()
         .map_or_else(Vec::new, |checkpoint| checkpoint.offset_gaps.clone());
     offset_gaps.extend(recorded_gaps.iter().cloned());
+    keep_last_gaps(&mut offset_gaps);
     let in_replay = partitions.len();
     for (topic, partition) in discovered {
         if position(&partitions, &topic, partition).is_none() {
@@ -424,6 +425,10 @@ pub fn run_on(
             return Err(lost.error("the offsets the epoch to replay read are gone"));
         }
         service.apply_found_gaps()?;
+        // A replay's checkpoint records the skip; without one it gets an epoch of its own.
+        if pending.is_none() {
+            epoch = service.record_gaps(epoch)?;
+        }
     }
     if let Some(intent) = pending {
         tracing::info!(epoch, "replaying the epoch recorded before the last stop");
@@ -471,6 +476,12 @@ impl SkippedGap {
             what,
         }
     }
+}
+
+/// Drops all but the last [`MAX_RECORDED_GAPS`] gaps.
+fn keep_last_gaps(gaps: &mut Vec<SkippedGap>) {
+    let excess = gaps.len().saturating_sub(MAX_RECORDED_GAPS);
+    gaps.drain(..excess);
 }
 
 /// Where (topic, partition) is in `partitions`.
@@ -635,6 +646,8 @@ impl Service<'_> {
                     gap.epoch = epoch;
                 }
                 self.apply_found_gaps()?;
+                epoch = self.record_gaps(epoch)?;
+                started = Instant::now();
             }
             if drained || stopping {
                 self.report.next_epoch = epoch;
@@ -816,10 +829,20 @@ impl Service<'_> {
             self.unrecorded_gaps.push(gap.clone());
             self.offset_gaps.push(gap);
         }
-        let excess = self.offset_gaps.len().saturating_sub(MAX_RECORDED_GAPS);
-        self.offset_gaps.drain(..excess);
+        keep_last_gaps(&mut self.offset_gaps);
         self.unexplained_refusals = 0;
         self.reassign()
+    }
+
+    /// Commits the skipped gaps at once, in an epoch without messages (nothing is buffered):
+    /// a restart before the next messages' intent would otherwise go back to the position
+    /// before the gap, which a refilled log no longer shows as one. The next epoch.
+    fn record_gaps(&mut self, epoch: u64) -> Result<u64, RunError> {
+        tracing::info!(epoch, reason = %CloseReason::OffsetGap, "closing epoch");
+        let intent = self.intent(epoch, false);
+        self.checkpoints_record(&intent)?;
+        self.run_epoch(&intent)?;
+        Ok(epoch + 1)
     }
 
     /// Per partition, whether it has been quiet for the idle timeout with nothing buffered.
