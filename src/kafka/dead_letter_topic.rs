@@ -1,7 +1,7 @@
 //! Dead letters to a Kafka topic (`run --dead-letter-topic`): every letter acknowledged
 //! before its epoch's checkpoint, and cut to fit what the topic takes rather than refused.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientConfig, ClientContext};
 
 use crate::kafka::publish::{send_waiting, FLUSH_TIMEOUT};
-use crate::sink::dead_letter::{DeadLetter, Origin};
+use crate::sink::dead_letter::{DeadLetter, LetterTooLarge, Origin};
 
 /// Dead letters to a Kafka topic instead of `_dead_letter/` files (`run --dead-letter-topic`).
 ///
@@ -26,6 +26,8 @@ pub struct DeadLetterTopic {
     /// The largest record the topic and the producer take, in bytes; halved when the
     /// brokers refuse a letter as too large all the same (their limit was not known).
     max_record: AtomicUsize,
+    /// Set once the brokers refused a letter as too large: each letter is flushed alone.
+    one_per_request: AtomicBool,
 }
 
 /// Kafka's own default for a topic's `max.message.bytes`.
@@ -94,6 +96,7 @@ impl DeadLetterTopic {
             producer,
             topic: topic.to_string(),
             max_record: AtomicUsize::new(max_record),
+            one_per_request: AtomicBool::new(false),
         })
     }
 
@@ -104,22 +107,25 @@ impl DeadLetterTopic {
     /// Sends the letters and waits until the brokers have acknowledged them all; the first
     /// refusal is the error. A refusal as too large (the topic takes less than its
     /// configuration could be read to say) sends them all again cut to half the size, down to
-    /// [`MIN_RECORD`]: letters sent twice carry the same key, as a replay's do.
-    pub fn publish(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+    /// [`MIN_RECORD`], and from then on one letter per request (the producer's batches were
+    /// sized to the assumed limit): letters sent twice carry the same key, as a replay's do.
+    pub fn publish(&self, letters: &[DeadLetter]) -> Result<(), PublishError> {
         loop {
             let limit = self.max_record.load(Ordering::Relaxed);
             match self.publish_within(letters, limit) {
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
-                    if limit / 2 >= MIN_RECORD =>
-                {
+                Err(PublishError::Kafka(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge,
+                ))) if limit > MIN_RECORD => {
+                    let smaller = (limit / 2).max(MIN_RECORD);
                     tracing::warn!(
                         topic = %self.topic,
                         refused = limit,
-                        limit = limit / 2,
+                        limit = smaller,
                         "the dead-letter topic refused a letter as too large; sending the \
-                         epoch's letters again, cut to a smaller limit"
+                         epoch's letters again, cut to a smaller limit, one per request"
                     );
-                    self.max_record.store(limit / 2, Ordering::Relaxed);
+                    self.max_record.store(smaller, Ordering::Relaxed);
+                    self.one_per_request.store(true, Ordering::Relaxed);
                 }
                 result => return result,
             }
@@ -127,7 +133,11 @@ impl DeadLetterTopic {
     }
 
     /// [`Self::publish`] with letters cut to records of at most `max_record` bytes.
-    fn publish_within(&self, letters: &[DeadLetter], max_record: usize) -> Result<(), KafkaError> {
+    fn publish_within(
+        &self,
+        letters: &[DeadLetter],
+        max_record: usize,
+    ) -> Result<(), PublishError> {
         let failed = || {
             self.producer
                 .context()
@@ -138,20 +148,32 @@ impl DeadLetterTopic {
         };
         // A refusal reported after the last publish gave up belongs to that one.
         let _ = failed();
+        let one_per_request = self.one_per_request.load(Ordering::Relaxed);
         for letter in letters {
             let key = letter_key(letter);
             let room = max_record.saturating_sub(RECORD_FRAMING + key.len());
-            let payload = letter.json_within(room).map_err(|_| {
-                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
-            })?;
+            let payload = letter.json_within(room)?;
             send_waiting(
                 &self.producer,
                 BaseRecord::to(&self.topic).key(&key).payload(&payload),
             )?;
+            if one_per_request {
+                self.producer.flush(FLUSH_TIMEOUT)?;
+            }
         }
         self.producer.flush(FLUSH_TIMEOUT)?;
-        failed().map_or(Ok(()), Err)
+        failed().map_or(Ok(()), |error| Err(error.into()))
     }
+}
+
+/// Why letters could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Cutting its record cannot make this letter fit (a smaller limit would not either).
+    #[error(transparent)]
+    Cut(#[from] LetterTooLarge),
 }
 
 /// `topic/partition/offset/index` (index empty for a whole message) or `file:line`: the
@@ -230,8 +252,8 @@ mod tests {
         assert!(refused.is_err(), "a refused letter fails the publish");
     }
 
-    /// Up to `count` letters of the `letters` topic (20 s at most), each checked to be at
-    /// most `max_bytes` of key and value.
+    /// Up to `count` letters of the `letters` topic (20 s at most, or until none came for
+    /// 3 s after the first), each checked to be at most `max_bytes` of key and value.
     fn read_letters(bootstrap: &str, count: usize, max_bytes: usize) -> Vec<serde_json::Value> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::message::Message;
@@ -244,9 +266,14 @@ mod tests {
         consumer.subscribe(&["letters"]).unwrap();
         let mut received = Vec::new();
         let started = std::time::Instant::now();
-        while received.len() < count && started.elapsed() < Duration::from_secs(20) {
+        let mut last = started;
+        while received.len() < count
+            && started.elapsed() < Duration::from_secs(20)
+            && (received.is_empty() || last.elapsed() < Duration::from_secs(3))
+        {
             if let Some(message) = consumer.poll(Duration::from_millis(100)) {
                 let message = message.unwrap();
+                last = std::time::Instant::now();
                 assert!(message.payload_len() + message.key_len() <= max_bytes);
                 received.push(
                     serde_json::from_slice::<serde_json::Value>(message.payload().unwrap())
@@ -301,10 +328,26 @@ mod tests {
             RDKafkaApiKey::Produce,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
         );
-        topic.publish(&[invalid_json(&big)]).unwrap();
-        let received = read_letters(&cluster.bootstrap_servers(), 1, assumed / 2);
-        assert_eq!(received.len(), 1, "the letter arrives");
-        assert_cut_from(&received[0], &big);
+        let mut letters = vec![invalid_json(&big)];
+        letters.extend((0..20).map(|i| invalid_json(&format!("{{\"small\": {i}"))));
+        topic.publish(&letters).unwrap();
+        // Letters the brokers took before the refusal may arrive twice; each arrives.
+        let received = read_letters(&cluster.bootstrap_servers(), usize::MAX, assumed / 2);
+        let cut: Vec<_> = received
+            .iter()
+            .filter(|l| l.get("truncated").is_some())
+            .collect();
+        assert!(!cut.is_empty(), "the big letter arrives");
+        for letter in cut {
+            assert_cut_from(letter, &big);
+        }
+        for i in 0..20 {
+            let record = format!("{{\"small\": {i}");
+            assert!(
+                received.iter().any(|l| l["record"] == record.as_str()),
+                "letter {i}"
+            );
+        }
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub enum RunError {
     DeadLetterTopic {
         topic: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: crate::kafka::dead_letter_topic::PublishError,
     },
     #[error(
         "the checkpoint's intent for epoch {epoch} names {topic}[{partition}] offsets \
@@ -825,6 +825,9 @@ impl Service<'_> {
                 let p = &mut self.partitions[index];
                 p.next_offset = Some(gap.resumed_at);
                 p.received_upto = Some(gap.resumed_at);
+                // A new log to read, not a quiet one: it holds the watermark back until it
+                // has been idle for the timeout itself, as a partition found at a start does.
+                p.last_message = Instant::now();
             }
             self.unrecorded_gaps.push(gap.clone());
             self.offset_gaps.push(gap);
