@@ -5,7 +5,9 @@
 //! baseline and a realistic name), then does what an epoch's commit does with it: encode the
 //! state, encode the checkpoint object (postcard + zstd), and put it to an object store (a
 //! local directory: the disk, not a network, so add the bytes over the S3 link's bandwidth).
-//! Then what a restart does: read, decode and rebuild the state. Peak RSS is read from
+//! While committing, `run` also holds the epoch's messages (at most `--epoch-max-bytes`, 256
+//! MiB by default): so does the benchmark. Then what a restart does: read, decode and rebuild
+//! the state. Peak RSS is read from
 //! `/proc/self/status` (VmHWM), reset before each phase, with the binary's allocator.
 //! Run with `cargo bench --bench checkpoint_scale` (`MF_BENCH_DEVICES` to change the fleet).
 
@@ -27,6 +29,31 @@ const MEMORY_LIMIT_BYTES: f64 = 4.0 * 1024.0 * 1024.0 * 1024.0;
 const PEAK_SHARE: f64 = 0.75;
 /// Encode and upload of one checkpoint.
 const COMMIT_SECONDS: f64 = 30.0;
+
+const DISTRICTS: [&str; 18] = [
+    "Central and Western",
+    "Wan Chai",
+    "Eastern",
+    "Southern",
+    "Yau Tsim Mong",
+    "Sham Shui Po",
+    "Kowloon City",
+    "Wong Tai Sin",
+    "Kwun Tong",
+    "Kwai Tsing",
+    "Tsuen Wan",
+    "Tuen Mun",
+    "Yuen Long",
+    "North",
+    "Tai Po",
+    "Sha Tin",
+    "Sai Kung",
+    "Islands",
+];
+
+/// What `run` holds besides the state while it commits: the epoch's messages, at most
+/// `--epoch-max-bytes` (default 256 MiB).
+const EPOCH_BYTES: usize = 256 * 1024 * 1024;
 
 /// Devices fed per round; each round is flushed so its rows do not pile up.
 const ROUND: i32 = 250_000;
@@ -63,11 +90,15 @@ fn main() {
         for i in first..(first + ROUND).min(devices) {
             use std::fmt::Write;
             name.clear();
-            let _ = write!(name, "Sha Tin meter {i:08}");
+            // Spread like a real fleet's: ids with gaps, names of 18 districts, readings at
+            // different times of a day, energies with two decimals.
+            let district = DISTRICTS[(i % 18) as usize];
+            let _ = write!(name, "{district} meter {:06}", i / 18);
+            let mixed = (i as u64).wrapping_mul(2_654_435_761) % 1_000_000;
             let offer = Offer {
-                device_id: 1_000_000 + i,
-                time: 0,
-                cumulative_energy: 100.0,
+                device_id: 1_000_000 + i * 3 + (mixed % 3) as i32,
+                time: (mixed % 288) as i64 * 5 * MICROS_PER_MINUTE,
+                cumulative_energy: (10_000 + mixed) as f64 / 100.0,
                 device_name: &name,
                 index: 0,
             };
@@ -88,6 +119,7 @@ fn main() {
     let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
     let path = Path::from("_checkpoint/checkpoint-00000000000000000001.bin");
 
+    let epoch_messages = std::hint::black_box(vec![1u8; EPOCH_BYTES]);
     reset_peak();
     let clock = Instant::now();
     let state = deltas.encode_state().unwrap();
@@ -112,6 +144,7 @@ fn main() {
         .unwrap();
     let upload = clock.elapsed().as_secs_f64();
     let (_, commit_peak) = rss_mib();
+    drop(epoch_messages);
 
     drop(deltas);
     reset_peak();

@@ -100,9 +100,11 @@ resource "kubernetes_deployment_v1" "meterflow" {
               port = local.metrics_port
             }
           }
+          # 10 M devices peak at 2.5 GiB while committing (benches/checkpoint_scale.rs,
+          # docs/run.md "Scale"): the limit keeps a quarter free.
           resources {
             requests = { cpu = "500m", memory = "512Mi" }
-            limits   = { cpu = "2", memory = "2Gi" }
+            limits   = { cpu = "2", memory = "4Gi" }
           }
           security_context {
             allow_privilege_escalation = false

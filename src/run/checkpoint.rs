@@ -543,13 +543,16 @@ impl CheckpointStore {
 
 /// A checkpoint object's bytes: magic, format, zstd-compressed postcard.
 pub fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<u8>, String> {
-    let encoded = postcard::to_stdvec(checkpoint).map_err(|e| e.to_string())?;
-    let compressed = zstd::encode_all(&encoded[..], 3).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::with_capacity(8 + compressed.len());
+    let mut bytes = Vec::new();
     bytes.extend_from_slice(CHECKPOINT_MAGIC);
     bytes.extend_from_slice(&CHECKPOINT_FORMAT.to_le_bytes());
-    bytes.extend_from_slice(&compressed);
-    Ok(bytes)
+    // Streamed into the compressor: the state (most of the checkpoint: hundreds of MB for
+    // millions of devices) is not copied once more uncompressed.
+    let encoder = zstd::Encoder::new(bytes, 3).map_err(|e| e.to_string())?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, encoder);
+    postcard::to_io(checkpoint, &mut writer).map_err(|e| e.to_string())?;
+    let encoder = writer.into_inner().map_err(|e| e.to_string())?;
+    encoder.finish().map_err(|e| e.to_string())
 }
 
 /// Reads a checkpoint object; an object of another format is refused as such, never as
