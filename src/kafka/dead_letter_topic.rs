@@ -233,14 +233,20 @@ mod tests {
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
+    /// A producer's settings for the mock cluster at `bootstrap`.
+    fn producer_config(bootstrap: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("message.timeout.ms", "5000");
+        config
+    }
+
     #[test]
     fn a_letter_the_broker_refuses_fails_the_publish() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("letters", 1, 1).unwrap();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("message.timeout.ms", "5000");
+        let config = producer_config(&cluster.bootstrap_servers());
         let topic = DeadLetterTopic::new(config, "letters", Duration::from_secs(5)).unwrap();
         let letter = invalid_json("{not json");
         topic.publish(std::slice::from_ref(&letter)).unwrap();
@@ -317,10 +323,7 @@ mod tests {
         // the brokers refuse the first letter as larger than the topic takes.
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("letters", 1, 1).unwrap();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("message.timeout.ms", "5000");
+        let config = producer_config(&cluster.bootstrap_servers());
         let topic = DeadLetterTopic::new(config, "letters", Duration::from_secs(2)).unwrap();
         let assumed = topic.max_record.load(Ordering::Relaxed);
         let big = "x".repeat(assumed * 3 / 4);
@@ -353,10 +356,8 @@ mod tests {
     #[test]
     fn a_topic_too_small_for_any_letter_is_refused_at_start() {
         let cluster = MockCluster::new(1).unwrap();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("message.max.bytes", "1000");
+        let mut config = producer_config(&cluster.bootstrap_servers());
+        config.set("message.max.bytes", "1000");
         let error = DeadLetterTopic::new(config, "letters", Duration::from_secs(2))
             .err()
             .expect("refused");
@@ -367,11 +368,8 @@ mod tests {
     fn a_letter_larger_than_a_record_may_be_arrives_cut_with_its_size_and_digest() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("letters", 1, 1).unwrap();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("message.timeout.ms", "5000")
-            .set("message.max.bytes", "2000");
+        let mut config = producer_config(&cluster.bootstrap_servers());
+        config.set("message.max.bytes", "2000");
         let topic = DeadLetterTopic::new(config, "letters", Duration::from_secs(2)).unwrap();
         let big = format!("{{\"measurements\": [{}", "\"x\",".repeat(3000));
         topic
