@@ -1,8 +1,8 @@
-//! The S3 sink against a real S3 server in a container (SeaweedFS here, MinIO where a registry
-//! is reachable): output equals a local-directory run, the schema is exact, `meterflow query`
-//! answers from the bucket as from the local copy, and failures —
-//! wrong credentials, a missing bucket, the server stopping mid-run — are clear errors that
-//! leave no partial Parquet object behind.
+//! The S3 sink against a real S3 server in a container (MinIO; SeaweedFS as a second
+//! implementation where a rule must hold on more than one): output equals a local-directory
+//! run, the schema is exact, `meterflow query` answers from the bucket as from the local copy,
+//! conditional creates are enforced, and failures — wrong credentials, a missing bucket, the
+//! server stopping mid-run — are clear errors that leave no partial Parquet object behind.
 
 mod support;
 
@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use meterflow::inspect::read_all;
+use meterflow::run::checkpoint::CheckpointStore;
 use meterflow::sink::store::{self, Location, StoreOptions};
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode};
 use support::{assert_parquet_objects_exact, meterflow, S3Server};
 
 /// A fleet of `devices` with faults of every kind, so rows and dead letters are both written.
@@ -140,10 +141,60 @@ async fn s3_output_equals_a_local_run_with_the_exact_schema() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn conditional_creates_are_enforced_on_every_s3_implementation() {
+    // The checkpoint protocol's fence: `run` probes it at start and a second create of an
+    // epoch's intent is refused, on MinIO and on SeaweedFS alike.
+    for s3 in S3Server::every().await {
+        let bucket = s3.create_bucket("fence").await;
+        let location = Location {
+            store: s3.client(&bucket).await,
+            prefix: Path::from("out"),
+            display: format!("s3://{bucket}/out ({})", s3.image()),
+        };
+        let checkpoints = CheckpointStore::new(location.clone());
+        checkpoints
+            .verify_conditional_create()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", s3.image()));
+        let put = |body: &'static str| {
+            let store = location.store.clone();
+            async move {
+                store
+                    .put_opts(
+                        &Path::from("out/_checkpoint/claim"),
+                        body.into(),
+                        PutMode::Create.into(),
+                    )
+                    .await
+            }
+        };
+        put("first").await.expect("the first create");
+        let second = put("second").await;
+        assert!(
+            matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+            "{}: {second:?}",
+            s3.image()
+        );
+        let kept = location
+            .store
+            .get(&Path::from("out/_checkpoint/claim"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&kept[..], b"first", "{}", s3.image());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn wrong_credentials_and_a_missing_bucket_are_clear_errors() {
-    let Some(s3) = S3Server::start().await else {
-        return;
-    };
+    for s3 in S3Server::every().await {
+        wrong_credentials_and_a_missing_bucket_on(&s3).await;
+    }
+}
+
+async fn wrong_credentials_and_a_missing_bucket_on(s3: &S3Server) {
     let bucket = s3.create_bucket("auth").await;
     let dir = tempfile::tempdir().unwrap();
     let input = generate(dir.path(), 30);

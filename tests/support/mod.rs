@@ -237,17 +237,40 @@ fn bind_loopback(
 pub struct S3Server {
     pub container: ContainerAsync<GenericImage>,
     port: u16,
+    image: String,
 }
 
 impl S3Server {
-    /// Starts the server of `MF_TEST_S3_IMAGE`; `None` when skipped.
+    /// Starts the server of `MF_TEST_S3_IMAGE` (MinIO); `None` when skipped.
     pub async fn start() -> Option<S3Server> {
-        let image = image_for("MF_TEST_S3_IMAGE")?;
+        Some(Self::start_image(image_for("MF_TEST_S3_IMAGE")?).await)
+    }
+
+    /// Every S3 implementation the tests have: `MF_TEST_S3_IMAGE` and
+    /// `MF_TEST_SECOND_S3_IMAGE` (SeaweedFS), for rules that must hold on more than one;
+    /// empty when skipped.
+    pub async fn every() -> Vec<S3Server> {
+        let mut servers = Vec::new();
+        for variable in ["MF_TEST_S3_IMAGE", "MF_TEST_SECOND_S3_IMAGE"] {
+            if let Some(image) = image_for(variable) {
+                servers.push(Self::start_image(image).await);
+            }
+        }
+        servers
+    }
+
+    /// The image this server runs.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    async fn start_image(image: String) -> S3Server {
         let (name, tag) = split_image(&image);
         let minio = name.contains("minio");
         let port = if minio { 9000 } else { 8333 };
         let wait = if minio {
-            WaitFor::message_on_stdout("API:")
+            // Releases differ in the stream of their banner.
+            WaitFor::message_on_either_std("API:")
         } else {
             WaitFor::message_on_stderr("Start Seaweed S3 API Server")
         };
@@ -266,9 +289,13 @@ impl S3Server {
             .start()
             .await
             .unwrap_or_else(|e| panic!("cannot start the S3 container {image}: {e}"));
-        let server = S3Server { container, port };
+        let server = S3Server {
+            container,
+            port,
+            image,
+        };
         server.wait_until_answering().await;
-        Some(server)
+        server
     }
 
     /// The start-up log line can come before the published port accepts connections (a
