@@ -427,7 +427,7 @@ pub fn run_on(
         service.apply_found_gaps()?;
         // A replay's checkpoint records the skip; without one it gets an epoch of its own.
         if pending.is_none() {
-            epoch = service.record_gaps(epoch)?;
+            epoch = service.close_epoch(epoch, CloseReason::OffsetGap, false)?;
         }
     }
     if let Some(intent) = pending {
@@ -632,11 +632,7 @@ impl Service<'_> {
                 gap_found: !self.found_gaps.is_empty(),
             };
             if let Some(reason) = self.options.epoch.close(&seen) {
-                tracing::info!(epoch, %reason, "closing epoch");
-                let intent = self.intent(epoch, drained);
-                self.checkpoints_record(&intent)?;
-                self.run_epoch(&intent)?;
-                epoch += 1;
+                epoch = self.close_epoch(epoch, reason, drained)?;
                 started = Instant::now();
             }
             if !self.found_gaps.is_empty()
@@ -646,7 +642,10 @@ impl Service<'_> {
                     gap.epoch = epoch;
                 }
                 self.apply_found_gaps()?;
-                epoch = self.record_gaps(epoch)?;
+                // Recorded at once, not with the next messages: a restart before their intent
+                // would go back to the position before the gap, which a refilled log no
+                // longer shows as one.
+                epoch = self.close_epoch(epoch, CloseReason::OffsetGap, false)?;
                 started = Instant::now();
             }
             if drained || stopping {
@@ -837,12 +836,16 @@ impl Service<'_> {
         self.reassign()
     }
 
-    /// Commits the skipped gaps at once, in an epoch without messages (nothing is buffered):
-    /// a restart before the next messages' intent would otherwise go back to the position
-    /// before the gap, which a refilled log no longer shows as one. The next epoch.
-    fn record_gaps(&mut self, epoch: u64) -> Result<u64, RunError> {
-        tracing::info!(epoch, reason = %CloseReason::OffsetGap, "closing epoch");
-        let intent = self.intent(epoch, false);
+    /// Records the intent of an epoch taking everything buffered (nothing, for a skipped
+    /// gap's own epoch) and runs it; the next epoch.
+    fn close_epoch(
+        &mut self,
+        epoch: u64,
+        reason: CloseReason,
+        end_of_input: bool,
+    ) -> Result<u64, RunError> {
+        tracing::info!(epoch, %reason, "closing epoch");
+        let intent = self.intent(epoch, end_of_input);
         self.checkpoints_record(&intent)?;
         self.run_epoch(&intent)?;
         Ok(epoch + 1)
