@@ -10,15 +10,14 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
 use meterflow::inspect::read_all;
 use meterflow::sink::store::{self, Location, StoreOptions};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use support::produce::{batching_producer, produce_batched};
 use support::{
     assert_parquet_objects_exact, free_port, meterflow, objects, rows, unique_name, KafkaBroker,
     Row, S3Server,
@@ -99,8 +98,12 @@ async fn create_topic_with(
     topic
 }
 
-/// Produces every line of `input` to the partition `partition` picks, compressed with
-/// `compression` (`none`, `gzip`, `snappy`, `lz4`, `zstd`: producers on MSK use any of them).
+/// Messages per record batch in the produced topics (see [`produce_batched`]).
+const BATCH: usize = 50;
+
+/// Produces every line of `input` to the partition `partition` picks, in record batches of
+/// [`BATCH`] messages compressed with `compression` (`none`, `gzip`, `snappy`, `lz4`, `zstd`:
+/// producers on MSK use any of them).
 async fn produce_to(
     broker: &KafkaBroker,
     topic: &str,
@@ -108,33 +111,11 @@ async fn produce_to(
     partition: impl Fn(&str) -> i32,
     compression: &str,
 ) -> usize {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("compression.type", compression)
-        .set("message.timeout.ms", "30000")
-        // Many sends in flight, still in order per partition.
-        .set("enable.idempotence", "true")
-        // One message per record batch: tansu 0.6's in-memory engine answers a fetch from
-        // an offset inside a batch with the batches after it, so a restarted service would
-        // never see the rest of that batch (Kafka returns the whole batch and the client
-        // skips the records before the offset).
-        .set("batch.num.messages", "1")
-        .create()
-        .expect("producer");
+    let producer = batching_producer(&broker.bootstrap, compression);
     let text = std::fs::read_to_string(input).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    futures::stream::iter(&lines)
-        .map(|line| {
-            let record = FutureRecord::<(), str>::to(topic)
-                .partition(partition(line))
-                .payload(*line);
-            producer.send(record, Duration::from_secs(30))
-        })
-        .buffered(512)
-        .map_err(|(error, _)| error)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("every message delivered");
+    let records = lines.iter().map(|line| (partition(line), *line));
+    produce_batched(&producer, topic, records, BATCH).await;
     lines.len()
 }
 
@@ -451,9 +432,36 @@ async fn kill_and_restart(kills: usize, devices: u32) {
         replays >= 1,
         "no kill fell inside an epoch; no replay was exercised"
     );
-    eprintln!("{round} kills ({killed_while_running} while running), {replays} replays");
+    // Real producers batch: a restart must also resume inside a record batch.
+    let inside_a_batch = resume_offsets(&logs)
+        .into_iter()
+        .filter(|offset| offset % BATCH as i64 != 0)
+        .count();
+    assert!(
+        inside_a_batch >= 1,
+        "no restart resumed inside a record batch of {BATCH}"
+    );
+    eprintln!(
+        "{round} kills ({killed_while_running} while running), {replays} replays, \
+         {inside_a_batch} partitions resumed inside a batch"
+    );
 
     stage.assert_equals_transform(&logs).await;
+}
+
+/// The offsets the runs in `logs` resumed partitions at (the `resume_at` of their
+/// "consuming" lines; partitions without a position left out).
+fn resume_offsets(logs: &str) -> Vec<i64> {
+    logs.lines()
+        .filter(|line| line.contains("consuming"))
+        .filter_map(|line| line.split("resume_at=").nth(1))
+        .flat_map(|positions| {
+            positions
+                .split_whitespace()
+                .take_while(|token| token.contains('@'))
+                .filter_map(|token| token.rsplit('@').next()?.parse().ok())
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -608,7 +616,7 @@ async fn produced_while_running_it_reports_true_metrics_and_sigterm_commits_all_
             "0.01",
         ])
         .args(["--kafka-brokers", &broker.bootstrap, "--topic", &topic])
-        .args(["--rate", "3000", "--kafka-option", "batch.num.messages=1"])
+        .args(["--rate", "3000"])
         .arg("--output")
         .arg(&input)
         .stderr(Stdio::null())

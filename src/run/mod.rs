@@ -370,10 +370,19 @@ pub fn run_on(
         .filter_map(|(index, p)| Some((index, p.next_offset?)))
         .collect();
     source.committed(&restored, false);
+    // Where each partition resumes, `topic:partition@offset` (`@start` without a position).
+    let resume_at: Vec<String> = partitions
+        .iter()
+        .map(|p| match p.next_offset {
+            Some(offset) => format!("{}:{}@{offset}", p.topic, p.partition),
+            None => format!("{}:{}@start", p.topic, p.partition),
+        })
+        .collect();
     tracing::info!(
         epoch,
         partitions = partitions.len(),
         restored = latest.is_some(),
+        resume_at = %resume_at.join(" "),
         "consuming"
     );
 

@@ -1,5 +1,5 @@
-//! Real services for integration tests, started with testcontainers: an S3 server (SeaweedFS
-//! stand-in or MinIO) and a Kafka-protocol broker (tansu stand-in or Apache Kafka).
+//! Real services for integration tests, started with testcontainers: S3 servers (MinIO, and
+//! SeaweedFS as a second implementation) and an Apache Kafka broker.
 //!
 //! `scripts/services` provides the runtime (`DOCKER_HOST`) and image names
 //! (`MF_TEST_S3_IMAGE`, `MF_TEST_KAFKA_IMAGE`). Without them a test is skipped with a message —
@@ -7,6 +7,7 @@
 #![allow(dead_code)] // Each test binary uses its own part of the support module.
 
 pub mod faulty_store;
+pub mod produce;
 pub mod service;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -447,10 +448,16 @@ impl KafkaBroker {
                 .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
                 .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
                 .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+                .with_env_var("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
         } else {
+            // The image scripts/services builds from Kafka's jars: settings as overrides of
+            // its server.properties.
             request
-                .with_wait_for(WaitFor::message_on_stdout("ready in"))
-                .with_env_var("ADVERTISED_LISTENER_URL", format!("tcp://{advertised}"))
+                .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+                .with_cmd([
+                    "--override".to_string(),
+                    format!("advertised.listeners=PLAINTEXT://{advertised}"),
+                ])
         };
         let container = request
             .with_host_config_modifier(bind_loopback(9092, Some(port)))
