@@ -296,6 +296,14 @@ impl Stage {
         service(&self.broker, &self.topic, &self.output, &self.env)
     }
 
+    /// As [`Stage::service`], epochs also closing at 256 KiB of messages: checkpoints (and so
+    /// restarts) then fall at offsets unrelated to the producer's record batches.
+    fn service_closing_by_size(&self) -> Child {
+        let mut env = self.env.clone();
+        env.push(("MF_EPOCH_MAX_BYTES", (256 << 10).to_string()));
+        service(&self.broker, &self.topic, &self.output, &env)
+    }
+
     /// The run's output prefix in the bucket.
     async fn location(&self) -> Location {
         s3_location(self.s3.client(&self.bucket).await, &self.bucket, "meters")
@@ -411,7 +419,7 @@ async fn kill_and_restart(kills: usize, devices: u32) {
     let mut round = 0;
     while round < kills || (replays(&logs) == 0 && round < 3 * kills) {
         round += 1;
-        let mut child = stage.service();
+        let mut child = stage.service_closing_by_size();
         std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
         if child.try_wait().unwrap().is_none() {
             killed_while_running += 1;
@@ -503,9 +511,17 @@ async fn an_epoch_without_its_checkpoint_is_replayed_into_identical_bytes() {
     let stderr = finish(stage.service(), Duration::from_secs(180));
     assert!(stderr.contains("replaying"), "{stderr}");
     let after = objects(location.store.as_ref(), &location.prefix).await;
+    // Each start's conditional-create probe is removed best-effort: not part of the output.
+    let output = |objects: &BTreeMap<String, bytes::Bytes>| -> Vec<String> {
+        objects
+            .keys()
+            .filter(|key| !key.contains("/_checkpoint/probe-"))
+            .cloned()
+            .collect()
+    };
     assert_eq!(
-        after.keys().collect::<Vec<_>>(),
-        before.keys().collect::<Vec<_>>(),
+        output(&after),
+        output(&before),
         "the replay writes the same objects"
     );
     let replayed = checkpoints.latest().await.unwrap().unwrap();
