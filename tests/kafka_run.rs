@@ -18,6 +18,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 use support::produce::{batching_producer, produce_batched};
+use support::tls::TestTls;
 use support::{
     assert_parquet_objects_exact, free_port, meterflow, objects, rows, unique_name, KafkaBroker,
     Row, S3Server,
@@ -756,6 +757,175 @@ async fn a_missing_topic_a_missing_bucket_and_wrong_credentials_are_clear_errors
         stderr.contains("SignatureDoesNotMatch") || stderr.contains("AccessDenied"),
         "{stderr}"
     );
+}
+
+/// The SCRAM user of the security tests. The password is distinctive so that its absence
+/// from every output is a real check.
+const SCRAM_USER: &str = "meterflow-scram";
+const SCRAM_PASSWORD: &str = "Pa55-scram-7f3c9e1d";
+
+/// `meterflow run` over a secured listener into the local directory `output`, draining
+/// `topic`; its output (stdout and stderr) is returned with its exit code.
+fn secure_run(
+    address: &str,
+    protocol_args: &[&str],
+    topic: &str,
+    output: &FsPath,
+    password: &str,
+) -> (Option<i32>, String) {
+    let run = meterflow()
+        .args(["run", "--brokers", address, "--topics", topic])
+        .args(protocol_args)
+        .args(["--group", &unique_name("secure-group")])
+        .arg("--output")
+        .arg(output)
+        .args(["--epoch-interval", "300ms", "--stop-when-drained"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--log", "info"])
+        .env("MF_KAFKA_SASL_USERNAME", SCRAM_USER)
+        .env("MF_KAFKA_SASL_PASSWORD", password)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    (run.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_ssl_and_sasl_ssl_with_both_scram_mechanisms_it_drains_the_rows_of_transform() {
+    let tls = TestTls::generate();
+    let Some(kafka) = KafkaBroker::start_secure(&tls).await else {
+        return;
+    };
+    kafka
+        .broker
+        .add_scram_user(SCRAM_USER, SCRAM_PASSWORD)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), 16, "4");
+    let topic = create_topic(&kafka.broker).await;
+    produce_to(&kafka.broker, &topic, &input, partition_of, "lz4").await;
+    let (expected, expected_letters) = transform_reference(&input, dir.path()).await;
+    assert!(expected.len() > 500, "{} rows", expected.len());
+
+    let ca = tls.ca_file.to_str().unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        (&kafka.ssl, &["--security-protocol", "ssl"]),
+        (
+            &kafka.sasl_ssl,
+            &[
+                "--security-protocol",
+                "sasl-ssl",
+                "--sasl-mechanism",
+                "SCRAM-SHA-512",
+            ],
+        ),
+        (
+            &kafka.sasl_ssl,
+            &[
+                "--security-protocol",
+                "sasl-ssl",
+                "--sasl-mechanism",
+                "SCRAM-SHA-256",
+            ],
+        ),
+    ];
+    for (i, (address, protocol)) in cases.into_iter().enumerate() {
+        let output = dir.path().join(format!("secure-{i}"));
+        let args = [protocol, &["--ca-file", ca]].concat();
+        let (code, text) = secure_run(address, &args, &topic, &output, SCRAM_PASSWORD);
+        assert_eq!(code, Some(0), "{protocol:?}:\n{text}");
+        assert!(text.contains("epoch committed"), "{text}");
+        let location = store::open(output.to_str().unwrap(), &StoreOptions::default()).unwrap();
+        let got = rows(&read_all(&location).await.unwrap());
+        assert!(
+            got == expected,
+            "{protocol:?}: {}",
+            difference(&got, &expected)
+        );
+        assert_eq!(dead_letter_counts(&location).await, expected_letters);
+        assert!(!text.contains(SCRAM_PASSWORD), "the password in the output");
+    }
+}
+
+/// A refused connection: the case, the address, meterflow's security flags, the SASL
+/// password, and what the error must say.
+type Refusal<'a> = (&'a str, &'a str, Vec<&'a str>, &'a str, &'a [&'a str]);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_ca_host_name_or_password_fails_at_once_and_says_why() {
+    let tls = TestTls::generate();
+    let Some(kafka) = KafkaBroker::start_secure(&tls).await else {
+        return;
+    };
+    kafka
+        .broker
+        .add_scram_user(SCRAM_USER, SCRAM_PASSWORD)
+        .await;
+    let topic = create_topic(&kafka.broker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls.ca_file.to_str().unwrap();
+    let other_ca = tls.other_ca_file.to_str().unwrap();
+    // The certificate names 127.0.0.1 only: the same listener as `localhost` is another host.
+    let ssl_port = kafka.ssl.rsplit_once(':').unwrap().1;
+    let by_host_name = format!("localhost:{ssl_port}");
+    let wrong_password = "Wr0ng-scram-0a9b8c7d";
+    let cases: [Refusal; 5] = [
+        (
+            "TLS to the plaintext listener",
+            &kafka.broker.bootstrap,
+            vec!["--security-protocol", "ssl", "--ca-file", ca],
+            SCRAM_PASSWORD,
+            &["SSL handshake failed"],
+        ),
+        (
+            "untrusted CA",
+            &kafka.ssl,
+            vec!["--security-protocol", "ssl", "--ca-file", other_ca],
+            SCRAM_PASSWORD,
+            &["certificate verify failed"],
+        ),
+        (
+            "system CAs only",
+            &kafka.ssl,
+            vec!["--security-protocol", "ssl"],
+            SCRAM_PASSWORD,
+            &["certificate verify failed"],
+        ),
+        (
+            "wrong host name",
+            &by_host_name,
+            vec!["--security-protocol", "ssl", "--ca-file", ca],
+            SCRAM_PASSWORD,
+            &["certificate verify failed"],
+        ),
+        (
+            "wrong password",
+            &kafka.sasl_ssl,
+            vec!["--security-protocol", "sasl-ssl", "--ca-file", ca],
+            wrong_password,
+            &["Authentication failed", "SCRAM-SHA-512"],
+        ),
+    ];
+    for (case, address, args, password, reasons) in cases {
+        let started = Instant::now();
+        let output = dir.path().join(case.replace(' ', "-"));
+        let (code, text) = secure_run(address, &args, &topic, &output, password);
+        assert_eq!(code, Some(1), "{case}:\n{text}");
+        assert!(text.contains("refused the connection"), "{case}:\n{text}");
+        for reason in reasons {
+            assert!(text.contains(reason), "{case}: no {reason:?} in\n{text}");
+        }
+        // Not the 30 s metadata timeout, and not an endless retry loop.
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{case}: {:?}\n{text}",
+            started.elapsed()
+        );
+        assert!(!text.contains(password), "{case}: the password in\n{text}");
+    }
 }
 
 /// Freezes a container's processes for `duration` (connections stay open, nothing answers).

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
 
@@ -27,6 +27,10 @@ pub type ServiceConsumer = BaseConsumer<LagContext>;
 pub struct LagContext {
     metrics: Metrics,
     partitions: Mutex<HashMap<(String, i32), Offsets>>,
+    /// The brokers' last refusal of the connection (TLS handshake, SASL authentication):
+    /// librdkafka retries those for ever, and a metadata timeout alone does not say why.
+    /// Read only while starting up (metadata waits), so an old refusal cannot end a run.
+    refusal: Mutex<Option<String>>,
 }
 
 /// A partition's committed next offset and its last known end offset.
@@ -37,7 +41,16 @@ impl LagContext {
         LagContext {
             metrics,
             partitions: Mutex::new(HashMap::new()),
+            refusal: Mutex::new(None),
         }
+    }
+
+    /// librdkafka's reason for the last refused connection, if any.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Records a committed offset and updates that partition's lag.
@@ -58,6 +71,21 @@ impl LagContext {
 }
 
 impl ClientContext for LagContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        let refused = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication) => true,
+            // TLS to a plaintext listener: the broker hangs up during the handshake.
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+                reason.contains("SSL handshake failed")
+            }
+            _ => false,
+        };
+        if refused {
+            *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
         for (name, topic) in &statistics.topics {
@@ -89,6 +117,8 @@ pub enum KafkaSetupError {
         #[source]
         source: KafkaError,
     },
+    #[error("the brokers at {brokers} refused the connection: {reason}")]
+    Refused { brokers: String, reason: String },
     #[error("topic {topic:?} does not exist on {brokers}")]
     MissingTopic { topic: String, brokers: String },
     #[error("SASL needs {variable} in the environment")]
@@ -307,18 +337,13 @@ impl KafkaSettings {
     /// Every partition of `topics`, sorted; an error names a topic that does not exist.
     pub fn partitions(
         &self,
-        consumer: &impl Consumer<LagContext>,
+        consumer: &ServiceConsumer,
         topics: &[String],
         timeout: Duration,
     ) -> Result<Vec<(String, i32)>, KafkaSetupError> {
         let mut partitions = Vec::new();
         for topic in topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(|source| KafkaSetupError::Metadata {
-                    brokers: self.brokers.clone(),
-                    source,
-                })?;
+            let metadata = self.metadata(consumer, topic, timeout)?;
             let found = metadata
                 .topics()
                 .iter()
@@ -333,6 +358,55 @@ impl KafkaSettings {
         }
         partitions.sort();
         Ok(partitions)
+    }
+}
+
+impl KafkaSettings {
+    /// `topic`'s metadata, waiting up to `timeout`; a refused connection (wrong CA, wrong
+    /// host name, wrong password) ends the wait at once with the brokers' reason.
+    fn metadata(
+        &self,
+        consumer: &ServiceConsumer,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<rdkafka::metadata::Metadata, KafkaSetupError> {
+        const STEP: Duration = Duration::from_secs(1);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match consumer.fetch_metadata(Some(topic), left.min(STEP)) {
+                Ok(metadata) => return Ok(metadata),
+                Err(source) => {
+                    serve_events(consumer);
+                    if let Some(reason) = consumer.context().refusal() {
+                        return Err(KafkaSetupError::Refused {
+                            brokers: self.brokers.clone(),
+                            reason,
+                        });
+                    }
+                    if left <= STEP {
+                        return Err(KafkaSetupError::Metadata {
+                            brokers: self.brokers.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands the consumer's queued events to its context: librdkafka delivers connection
+/// errors (and their reasons) as events, and nothing else polls before partitions are
+/// assigned. No partition is assigned yet, so no message is taken.
+fn serve_events(consumer: &ServiceConsumer) {
+    const MAX_EVENTS: usize = 1000;
+    // A zero timeout returns before the main queue's forwarded events are served.
+    const WAIT: Duration = Duration::from_millis(100);
+    for _ in 0..MAX_EVENTS {
+        if consumer.poll(WAIT).is_none() {
+            return;
+        }
     }
 }
 

@@ -7,8 +7,13 @@
 #![allow(dead_code)] // Each test binary uses its own part of the support module.
 
 pub mod faulty_store;
+pub mod kafka;
 pub mod produce;
 pub mod service;
+pub mod tls;
+
+#[allow(unused_imports)] // Not every test binary starts a broker.
+pub use kafka::KafkaBroker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -219,17 +224,28 @@ fn bind_loopback(
     port: u16,
     host_port: Option<u16>,
 ) -> impl Fn(&mut HostConfig) + Send + Sync + 'static {
+    bind_loopback_all(vec![(port, host_port)])
+}
+
+/// [`bind_loopback`] for several (container port, host port) pairs.
+fn bind_loopback_all(
+    ports: Vec<(u16, Option<u16>)>,
+) -> impl Fn(&mut HostConfig) + Send + Sync + 'static {
     move |config: &mut HostConfig| {
         config.publish_all_ports = Some(false);
         config.port_bindings = Some(
-            [(
-                format!("{port}/tcp"),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(host_port.map(|p| p.to_string()).unwrap_or_default()),
-                }]),
-            )]
-            .into(),
+            ports
+                .iter()
+                .map(|(port, host_port)| {
+                    (
+                        format!("{port}/tcp"),
+                        Some(vec![PortBinding {
+                            host_ip: Some("127.0.0.1".into()),
+                            host_port: Some(host_port.map(|p| p.to_string()).unwrap_or_default()),
+                        }]),
+                    )
+                })
+                .collect(),
         );
     }
 }
@@ -411,65 +427,6 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// A running Kafka-protocol broker, reachable at [`KafkaBroker::bootstrap`].
-pub struct KafkaBroker {
-    pub container: ContainerAsync<GenericImage>,
-    pub bootstrap: String,
-}
-
-impl KafkaBroker {
-    /// Starts the broker of `MF_TEST_KAFKA_IMAGE`; `None` when skipped. The host port is
-    /// chosen first, because the broker must advertise the address clients reach it at.
-    pub async fn start() -> Option<KafkaBroker> {
-        let image = image_for("MF_TEST_KAFKA_IMAGE")?;
-        let (name, tag) = split_image(&image);
-        let port = free_port();
-        let advertised = format!("127.0.0.1:{port}");
-        let request =
-            GenericImage::new(name.clone(), tag).with_exposed_port(ContainerPort::Tcp(9092));
-        let request = if name.contains("apache/kafka") {
-            // A single KRaft node (broker and controller), as Apache Kafka's image documents.
-            request
-                .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
-                .with_env_var("KAFKA_NODE_ID", "1")
-                .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
-                .with_env_var("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
-                .with_env_var(
-                    "KAFKA_ADVERTISED_LISTENERS",
-                    format!("PLAINTEXT://{advertised}"),
-                )
-                .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
-                .with_env_var(
-                    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
-                    "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                )
-                .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
-                .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
-                .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
-                .with_env_var("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
-        } else {
-            // The image scripts/services builds from Kafka's jars: settings as overrides of
-            // its server.properties.
-            request
-                .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
-                .with_cmd([
-                    "--override".to_string(),
-                    format!("advertised.listeners=PLAINTEXT://{advertised}"),
-                ])
-        };
-        let container = request
-            .with_host_config_modifier(bind_loopback(9092, Some(port)))
-            .with_startup_timeout(Duration::from_secs(90))
-            .start()
-            .await
-            .unwrap_or_else(|e| panic!("cannot start the Kafka container {image}: {e}"));
-        Some(KafkaBroker {
-            container,
-            bootstrap: advertised,
-        })
-    }
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
