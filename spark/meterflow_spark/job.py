@@ -85,9 +85,20 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--trigger-interval", default=env("MF_EPOCH_INTERVAL", "60s"))
     parser.add_argument("--max-files-per-trigger", type=int, default=None)
+    parser.add_argument(
+        "--max-offsets-per-trigger",
+        type=int,
+        default=None,
+        help="Kafka messages per micro-batch, split across partitions (default: all available)",
+    )
     parser.add_argument("--partitions", type=int, default=8, help="state and shuffle partitions")
     parser.add_argument("--master", default=env("MF_SPARK_MASTER"))
     parser.add_argument("--driver-memory", help="for local masters, e.g. 4g")
+    parser.add_argument(
+        "--jars",
+        default=env("MF_SPARK_JARS"),
+        help="comma-separated jars for Spark (the Kafka source: spark/jars/pom.xml)",
+    )
     parser.add_argument("--log", default=env("MF_LOG", "warn"))
     return parser.parse_args(argv)
 
@@ -223,6 +234,8 @@ def session(args):
         builder = builder.master(args.master)
     if args.driver_memory:
         builder = builder.config("spark.driver.memory", args.driver_memory)
+    if args.jars:
+        builder = builder.config("spark.jars", args.jars)
     spark = (
         builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(args.partitions))
@@ -261,6 +274,13 @@ def build_query(spark, args, control_dir: str, totals: Totals):
             .option("kafka.bootstrap.servers", args.kafka_brokers)
             .option("subscribe", args.topics)
             .option("startingOffsets", "earliest")
+            .options(
+                **(
+                    {"maxOffsetsPerTrigger": str(args.max_offsets_per_trigger)}
+                    if args.max_offsets_per_trigger
+                    else {}
+                )
+            )
             .load()
             .select(
                 F.lit("kafka").alias("origin"),

@@ -1,8 +1,11 @@
 """The Spark job against `meterflow transform` on the same input (Spark `local[2]`, file
-source): identical rows to the last f32 bit and identical dead letters per reason; and the one
-documented difference (docs/spark.md), asserted exactly.
+source and Kafka source): identical rows to the last f32 bit and identical dead letters per
+reason; and the one documented difference (docs/spark.md), asserted exactly.
 
-Needs the meterflow binary: `MF_BIN` (scripts/test sets it), else target/debug/meterflow.
+Needs the meterflow binary: `MF_BIN` (scripts/test sets it), else target/debug/meterflow. The
+Kafka source test needs `eval "$(scripts/services)"` (a container runtime, MF_TEST_KAFKA_IMAGE
+and the Kafka source's jars in MF_SPARK_JARS); without them it is skipped, and under CI=true
+it fails.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,8 +35,13 @@ def meterflow(*args: str) -> str:
 
 
 def spark_job(input_dir: Path, output: Path, *extra: str) -> dict:
+    return spark_job_on(["--input", str(input_dir)], output, *extra)
+
+
+def spark_job_on(source: list[str], output: Path, *extra: str) -> dict:
+    """The job drained from `source` (`--input DIR` or `--kafka-brokers B --topics T`)."""
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-    command = [sys.executable, "-m", "meterflow_spark.job", "--input", str(input_dir)]
+    command = [sys.executable, "-m", "meterflow_spark.job", *source]
     command += ["--output", str(output), "--master", "local[2]", "--stop-when-drained"]
     command += ["--processing-time", PROCESSING_TIME, *extra]
     done = subprocess.run(
@@ -238,6 +247,128 @@ def test_the_documented_differences_and_nothing_else(tmp_path):
     )
     assert rows(got) == rows(lenient)
     assert len(rows(strict)) == len(rows(got)) - 1 + len(backlog_readings)
+
+
+def service_or_skip(variable: str) -> str:
+    """A service setting from scripts/services; skips without it, fails under CI=true."""
+    value = os.environ.get(variable, "")
+    if not value:
+        message = f'{variable} is not set: run `eval "$(scripts/services)"` first'
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return value
+
+
+@pytest.fixture(scope="module")
+def kafka_broker():
+    """Apache Kafka's broker (the image scripts/services builds, or a registry's apache/kafka)
+    on a free 127.0.0.1 port, with topics of 3 partitions created when first produced to."""
+    import socket
+
+    import docker
+
+    image = service_or_skip("MF_TEST_KAFKA_IMAGE")
+    service_or_skip("MF_SPARK_JARS")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    advertised = f"PLAINTEXT://127.0.0.1:{port}"
+    settings = {
+        "advertised.listeners": advertised,
+        "auto.create.topics.enable": "true",
+        "num.partitions": "3",
+    }
+    if "apache/kafka" in image:
+        # Apache Kafka's image: a single KRaft node configured by environment variables.
+        settings.update(
+            {
+                "node.id": "1",
+                "process.roles": "broker,controller",
+                "listeners": "PLAINTEXT://:9092,CONTROLLER://:9093",
+                "controller.listener.names": "CONTROLLER",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "controller.quorum.voters": "1@localhost:9093",
+                "offsets.topic.replication.factor": "1",
+            }
+        )
+        environment = {"KAFKA_" + k.replace(".", "_").upper(): v for k, v in settings.items()}
+        command = None
+    else:
+        environment = {}
+        command = [arg for k, v in settings.items() for arg in ("--override", f"{k}={v}")]
+    client = docker.from_env()
+    container = client.containers.run(
+        image,
+        command,
+        environment=environment,
+        ports={"9092/tcp": ("127.0.0.1", port)},
+        detach=True,
+        remove=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while b"Kafka Server started" not in container.logs():
+            assert time.monotonic() < deadline, container.logs()[-4000:]
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        container.stop(timeout=2)
+
+
+def test_the_kafka_source_gives_the_rows_and_dead_letters_of_meterflow(tmp_path, kafka_broker):
+    topic = f"readings-{os.getpid()}"
+    sent = tmp_path / "sent.jsonl"
+    meterflow(
+        "generate",
+        "--devices",
+        "40",
+        "--hours",
+        "12",
+        "--seed",
+        "13",
+        "--disorder",
+        "5m",
+        "--fault-rate",
+        "0.02",
+        "--duplicate-rate",
+        "0.01",
+        "--kafka-brokers",
+        kafka_broker,
+        "--topic",
+        topic,
+        "--output",
+        str(sent),
+    )
+    expected = tmp_path / "meterflow"
+    printed = meterflow(
+        "transform",
+        "--input",
+        str(sent),
+        "--output",
+        str(expected),
+        "--processing-time",
+        PROCESSING_TIME,
+    )
+    messages = len(sent.read_text().splitlines())
+    got = tmp_path / "spark"
+    # About four micro-batches: state and watermark carry across batches, as with files.
+    summary = spark_job_on(
+        ["--kafka-brokers", kafka_broker, "--topics", topic],
+        got,
+        "--max-offsets-per-trigger",
+        str(messages // 4 + 1),
+    )
+
+    expected_rows = rows(expected)
+    assert len(expected_rows) > 10_000
+    assert rows(got) == expected_rows
+    letters = dead_letters(expected)
+    assert set(letters) >= {"invalid_time", "future_time", "conflicting_duplicate"}
+    assert dead_letters(got) == letters
+    assert summary["duplicates"] == summary_count(printed, "duplicates") > 0
+    assert summary["dropped_by_watermark"] == 0
+    assert parquet_layout(got) == parquet_layout(expected)
 
 
 def test_spark_reads_meterflows_output_with_the_contracts_types(tmp_path):
