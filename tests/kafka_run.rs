@@ -960,6 +960,71 @@ async fn the_object_store_and_the_broker_paused_mid_run_lose_and_duplicate_nothi
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_broker_killed_mid_epoch_and_restarted_on_its_log_loses_and_duplicates_nothing() {
+    let Some(stage) = Stage::filled("restart", 400, "24", partition_of, "lz4").await else {
+        return;
+    };
+    // Dead letters go to a topic on the same broker, so the outage also hits their sends.
+    let dead_letter_topic = create_topic(&stage.broker).await;
+    let mut env = stage.env.clone();
+    env.push(("MF_DEAD_LETTER_TOPIC", dead_letter_topic.clone()));
+
+    let mut running = service(&stage.broker, &stage.topic, &stage.output, &env);
+    // Mid-epoch: epochs close every 300 ms, the drain takes several seconds.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SIGKILL: no clean shutdown, the broker recovers its log from disk on restart. With one
+    // broker every partition's leader is gone meanwhile.
+    stage
+        .broker
+        .container
+        .stop_with_timeout(Some(0))
+        .await
+        .expect("kill the broker");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        running.try_wait().unwrap().is_none(),
+        "the service waits for the broker"
+    );
+    stage
+        .broker
+        .container
+        .start()
+        .await
+        .expect("restart the broker");
+    let logs = finish(running, Duration::from_secs(240));
+
+    let location = stage.location().await;
+    let got = rows(&read_all(&location).await.unwrap());
+    let (expected, expected_letters) = transform_reference(&stage.input, stage.dir.path()).await;
+    assert!(got == expected, "{}\n{logs}", difference(&got, &expected));
+    // At least once: deduplicated by key (source topic/partition/offset/index), the topic
+    // holds exactly transform's letters. No run restarted, so nothing is replayed; a copy
+    // can only come from a send retried across the outage.
+    let records = all_topic_records(&stage.broker, &dead_letter_topic, PARTITIONS);
+    let mut unique = BTreeMap::new();
+    for (key, payload) in &records {
+        let previous = unique.insert(key.clone(), payload.clone());
+        assert!(
+            previous.is_none_or(|p| &p == payload),
+            "{key}: two letters differ"
+        );
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for payload in unique.values() {
+        let letter: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        *counts
+            .entry(letter["reason"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(counts, expected_letters);
+    eprintln!(
+        "dead-letter topic: {} records, {} copies",
+        records.len(),
+        records.len() - unique.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_instances_on_one_checkpoint_prefix_never_both_commit() {
     let Some(stage) = Stage::filled("twins", 400, "24", partition_of, "snappy").await else {
         return;
@@ -1120,6 +1185,26 @@ async fn dead_letters_can_go_to_a_kafka_topic_with_their_source() {
         "no dead-letter files"
     );
     assert_eq!(rows(&read_all(&location).await.unwrap()), expected_rows);
+}
+
+/// Every record (key, payload) of `topic`'s `partitions`, read to the end offsets they have now.
+fn all_topic_records(broker: &KafkaBroker, topic: &str, partitions: i32) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    let total: i64 = (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .expect("end offsets");
+            high - low
+        })
+        .sum();
+    let records = topic_records(broker, topic, partitions, total as usize);
+    assert_eq!(records.len() as i64, total, "read the whole topic");
+    records
 }
 
 /// The first `count` records (key, payload) of `topic`'s `partitions`, waiting up to a minute.
