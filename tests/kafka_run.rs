@@ -17,6 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
+use support::kafka::SecureKafka;
 use support::produce::{batching_producer, produce_batched};
 use support::tls::TestTls;
 use support::{
@@ -793,16 +794,23 @@ fn secure_run(
     (run.status.code(), text)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn over_ssl_and_sasl_ssl_with_both_scram_mechanisms_it_drains_the_rows_of_transform() {
-    let tls = TestTls::generate();
-    let Some(kafka) = KafkaBroker::start_secure(&tls).await else {
-        return;
-    };
+/// A broker with `tls`'s SSL and SASL_SSL listeners and the [`SCRAM_USER`] for both SCRAM
+/// mechanisms; `None` when skipped.
+async fn secure_broker(tls: &TestTls) -> Option<SecureKafka> {
+    let kafka = KafkaBroker::start_secure(tls).await?;
     kafka
         .broker
         .add_scram_user(SCRAM_USER, SCRAM_PASSWORD)
         .await;
+    Some(kafka)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_ssl_and_sasl_ssl_with_both_scram_mechanisms_it_drains_the_rows_of_transform() {
+    let tls = TestTls::generate();
+    let Some(kafka) = secure_broker(&tls).await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let input = generate(dir.path(), 16, "4");
     let topic = create_topic(&kafka.broker).await;
@@ -857,13 +865,9 @@ type Refusal<'a> = (&'a str, &'a str, Vec<&'a str>, &'a str, &'a [&'a str]);
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_ca_host_name_or_password_fails_at_once_and_says_why() {
     let tls = TestTls::generate();
-    let Some(kafka) = KafkaBroker::start_secure(&tls).await else {
+    let Some(kafka) = secure_broker(&tls).await else {
         return;
     };
-    kafka
-        .broker
-        .add_scram_user(SCRAM_USER, SCRAM_PASSWORD)
-        .await;
     let topic = create_topic(&kafka.broker).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = tls.ca_file.to_str().unwrap();

@@ -102,44 +102,38 @@ def parquet_layout(output: Path) -> list[tuple]:
     ]
 
 
-def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
-    generated = tmp_path / "fleet.jsonl"
-    meterflow(
-        "generate",
-        "--devices",
-        "40",
-        "--hours",
-        "24",
-        "--seed",
-        "11",
-        "--disorder",
-        "5m",
-        "--fault-rate",
-        "0.02",
-        "--duplicate-rate",
-        "0.01",
-        "--output",
-        str(generated),
-    )
-    lines = generated.read_text().splitlines()
-    third = len(lines) // 3
-    inputs = write_files(
-        tmp_path / "in", [lines[:third], lines[third : 2 * third], lines[2 * third :]]
-    )
-    expected = tmp_path / "meterflow"
-    printed = meterflow(
+# The differential fleet: a day of 40 meters, disorder within the lateness, faults, re-sends.
+FLEET = [
+    "--devices",
+    "40",
+    "--hours",
+    "24",
+    "--disorder",
+    "5m",
+    "--fault-rate",
+    "0.02",
+    "--duplicate-rate",
+    "0.01",
+]
+
+
+def transform(inputs: list[Path], output: Path) -> str:
+    """`meterflow transform` of `inputs` at the tests' processing time; its printed summary."""
+    return meterflow(
         "transform",
         "--input",
         *map(str, inputs),
         "--output",
-        str(expected),
+        str(output),
         "--processing-time",
         PROCESSING_TIME,
     )
-    got = tmp_path / "spark"
-    # One file per micro-batch: state and watermark carry across batches.
-    summary = spark_job(tmp_path / "in", got, "--max-files-per-trigger", "1")
 
+
+def assert_same_as_meterflow(expected: Path, printed: str, got: Path, summary: dict) -> None:
+    """The Spark output `got` (and its `summary`) against meterflow's `expected` (and the
+    summary it `printed`): a real fleet, identical rows, dead letters, duplicates and column
+    layout, nothing dropped by the watermark."""
     expected_rows = rows(expected)
     assert len(expected_rows) > 10_000
     assert rows(got) == expected_rows
@@ -147,11 +141,28 @@ def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
     assert set(letters) >= {"invalid_time", "future_time", "conflicting_duplicate"}
     assert dead_letters(got) == letters
     assert summary["duplicates"] == summary_count(printed, "duplicates") > 0
-    assert summary["counter_resets"] == summary_count(printed, "counter resets")
     assert summary["dropped_by_watermark"] == 0
+    assert parquet_layout(got) == parquet_layout(expected)
+
+
+def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
+    generated = tmp_path / "fleet.jsonl"
+    meterflow("generate", *FLEET, "--seed", "11", "--output", str(generated))
+    lines = generated.read_text().splitlines()
+    third = len(lines) // 3
+    inputs = write_files(
+        tmp_path / "in", [lines[:third], lines[third : 2 * third], lines[2 * third :]]
+    )
+    expected = tmp_path / "meterflow"
+    printed = transform(inputs, expected)
+    got = tmp_path / "spark"
+    # One file per micro-batch: state and watermark carry across batches.
+    summary = spark_job(tmp_path / "in", got, "--max-files-per-trigger", "1")
+
+    assert_same_as_meterflow(expected, printed, got, summary)
+    assert summary["counter_resets"] == summary_count(printed, "counter resets")
     assert (
-        parquet_layout(got)
-        == parquet_layout(expected)
+        parquet_layout(expected)
         == [
             ("device_id", "INT32", "None", True),
             ("device_name", "BYTE_ARRAY", "String", True),
@@ -321,18 +332,9 @@ def test_the_kafka_source_gives_the_rows_and_dead_letters_of_meterflow(tmp_path,
     sent = tmp_path / "sent.jsonl"
     meterflow(
         "generate",
-        "--devices",
-        "40",
-        "--hours",
-        "24",
+        *FLEET,
         "--seed",
         "13",
-        "--disorder",
-        "5m",
-        "--fault-rate",
-        "0.02",
-        "--duplicate-rate",
-        "0.01",
         "--kafka-brokers",
         kafka_broker,
         "--topic",
@@ -341,15 +343,7 @@ def test_the_kafka_source_gives_the_rows_and_dead_letters_of_meterflow(tmp_path,
         str(sent),
     )
     expected = tmp_path / "meterflow"
-    printed = meterflow(
-        "transform",
-        "--input",
-        str(sent),
-        "--output",
-        str(expected),
-        "--processing-time",
-        PROCESSING_TIME,
-    )
+    printed = transform([sent], expected)
     messages = len(sent.read_text().splitlines())
     got = tmp_path / "spark"
     # About four micro-batches: state and watermark carry across batches, as with files.
@@ -360,15 +354,7 @@ def test_the_kafka_source_gives_the_rows_and_dead_letters_of_meterflow(tmp_path,
         str(messages // 4 + 1),
     )
 
-    expected_rows = rows(expected)
-    assert len(expected_rows) > 10_000
-    assert rows(got) == expected_rows
-    letters = dead_letters(expected)
-    assert set(letters) >= {"invalid_time", "future_time", "conflicting_duplicate"}
-    assert dead_letters(got) == letters
-    assert summary["duplicates"] == summary_count(printed, "duplicates") > 0
-    assert summary["dropped_by_watermark"] == 0
-    assert parquet_layout(got) == parquet_layout(expected)
+    assert_same_as_meterflow(expected, printed, got, summary)
 
 
 def test_spark_reads_meterflows_output_with_the_contracts_types(tmp_path):
