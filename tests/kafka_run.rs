@@ -876,14 +876,7 @@ async fn a_wrong_ca_host_name_or_password_fails_at_once_and_says_why() {
     let ssl_port = kafka.ssl.rsplit_once(':').unwrap().1;
     let by_host_name = format!("localhost:{ssl_port}");
     let wrong_password = "Wr0ng-scram-0a9b8c7d";
-    let cases: [Refusal; 5] = [
-        (
-            "TLS to the plaintext listener",
-            &kafka.broker.bootstrap,
-            vec!["--security-protocol", "ssl", "--ca-file", ca],
-            SCRAM_PASSWORD,
-            &["SSL handshake failed"],
-        ),
+    let cases: [Refusal; 4] = [
         (
             "untrusted CA",
             &kafka.ssl,
@@ -930,6 +923,79 @@ async fn a_wrong_ca_host_name_or_password_fails_at_once_and_says_why() {
         );
         assert!(!text.contains(password), "{case}: the password in\n{text}");
     }
+
+    // TLS to the plaintext listener: the broker hangs up during the handshake, as a broker
+    // still starting can. That is waited out; the timeout says what was seen.
+    let started = Instant::now();
+    let args = ["--security-protocol", "ssl", "--ca-file", ca];
+    let output = dir.path().join("tls-to-plaintext");
+    let (code, text) = secure_run(&kafka.broker.bootstrap, &args, &topic, &output, "");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!text.contains("refused the connection"), "{text}");
+    assert!(
+        text.contains("the last connection error") && text.contains("SSL handshake failed"),
+        "{text}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(25)..Duration::from_secs(60)).contains(&waited),
+        "{waited:?}"
+    );
+}
+
+/// A load balancer in front of `backend`: it hangs up on every connection until `ready`,
+/// then forwards them, as one does while its target is still starting.
+async fn load_balancer(backend: String, ready: Instant) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if Instant::now() < ready {
+                drop(client);
+                continue;
+            }
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_hung_up_on_while_the_broker_starts_is_waited_out() {
+    let tls = TestTls::generate();
+    let Some(kafka) = secure_broker(&tls).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), 4, "2");
+    let topic = create_topic(&kafka.broker).await;
+    produce_to(&kafka.broker, &topic, &input, partition_of, "lz4").await;
+    let (expected, _) = transform_reference(&input, dir.path()).await;
+
+    // Bootstrap through the balancer: its hang-ups for the first seconds are TLS handshakes
+    // the peer closed, which an earlier version took for a refusal and exited on.
+    let hang_up_for = Duration::from_secs(4);
+    let bootstrap = load_balancer(kafka.ssl.clone(), Instant::now() + hang_up_for).await;
+    let output = dir.path().join("out");
+    let ca = tls.ca_file.to_str().unwrap();
+    let args = ["--security-protocol", "ssl", "--ca-file", ca];
+    let started = Instant::now();
+    // Blocks this thread only: the balancer runs on the runtime's workers.
+    let (code, text) = secure_run(&bootstrap, &args, &topic, &output, "");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(started.elapsed() >= hang_up_for, "{:?}", started.elapsed());
+    assert!(
+        text.contains("SSL handshake failed"),
+        "no hang-up seen:\n{text}"
+    );
+    let location = store::open(output.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let got = rows(&read_all(&location).await.unwrap());
+    assert!(got == expected, "{}", difference(&got, &expected));
 }
 
 /// Freezes a container's processes for `duration` (connections stay open, nothing answers).
@@ -974,8 +1040,15 @@ async fn the_broker_killed_mid_epoch_and_restarted_on_its_log_loses_and_duplicat
     env.push(("MF_DEAD_LETTER_TOPIC", dead_letter_topic.clone()));
 
     let mut running = service(&stage.broker, &stage.topic, &stage.output, &env);
-    // Mid-epoch: epochs close every 300 ms, the drain takes several seconds.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Mid-drain: after the first checkpoint (the service is reading), and epochs close
+    // every 300 ms while the drain takes minutes, so one is open.
+    let checkpoints = meterflow::run::checkpoint::CheckpointStore::new(stage.location().await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoints.latest().await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no checkpoint within a minute");
+        assert!(running.try_wait().unwrap().is_none(), "the service exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // SIGKILL: no clean shutdown, the broker recovers its log from disk on restart. With one
     // broker every partition's leader is gone meanwhile.
     stage

@@ -27,10 +27,21 @@ pub type ServiceConsumer = BaseConsumer<LagContext>;
 pub struct LagContext {
     metrics: Metrics,
     partitions: Mutex<HashMap<(String, i32), Offsets>>,
-    /// The brokers' last refusal of the connection (TLS handshake, SASL authentication):
-    /// librdkafka retries those for ever, and a metadata timeout alone does not say why.
-    /// Read only while starting up (metadata waits), so an old refusal cannot end a run.
-    refusal: Mutex<Option<String>>,
+    /// The connection problems seen since the last metadata answer: librdkafka retries
+    /// every one for ever, and a metadata timeout alone does not say why. Read only while
+    /// starting up (metadata waits), and cleared by an answer, so an old one cannot end a run.
+    connection: Mutex<ConnectionErrors>,
+}
+
+/// What went wrong connecting to the brokers, by how it ends a start-up wait.
+#[derive(Default, Clone)]
+struct ConnectionErrors {
+    /// A refusal no retry can mend (an untrusted certificate, rejected credentials): the
+    /// wait ends at once.
+    refusal: Option<String>,
+    /// The last other error (a reset handshake, a refused or timed-out connection): the
+    /// broker may be starting, so the wait goes on and a timeout quotes it.
+    last: Option<String>,
 }
 
 /// A partition's committed next offset and its last known end offset.
@@ -41,16 +52,12 @@ impl LagContext {
         LagContext {
             metrics,
             partitions: Mutex::new(HashMap::new()),
-            refusal: Mutex::new(None),
+            connection: Mutex::new(ConnectionErrors::default()),
         }
     }
 
-    /// librdkafka's reason for the last refused connection, if any.
-    pub fn refusal(&self) -> Option<String> {
-        self.refusal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn connection(&self) -> std::sync::MutexGuard<'_, ConnectionErrors> {
+        self.connection.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a committed offset and updates that partition's lag.
@@ -73,16 +80,11 @@ impl LagContext {
 impl ClientContext for LagContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
-        let refused = match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication) => true,
-            // TLS to a plaintext listener: the broker hangs up during the handshake.
-            Some(RDKafkaErrorCode::BrokerTransportFailure) => {
-                reason.contains("SSL handshake failed")
-            }
-            _ => false,
-        };
-        if refused {
-            *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        let mut connection = self.connection();
+        if is_permanent_refusal(error.rdkafka_error_code(), reason) {
+            connection.refusal = Some(reason.to_string());
+        } else {
+            connection.last = Some(reason.to_string());
         }
     }
 
@@ -101,6 +103,20 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
+/// A connection error that only a change of settings can mend: the broker's certificate
+/// failed verification (untrusted CA, wrong host name), or the broker rejected the SASL
+/// credentials. Everything else, a handshake the peer hung up on included (a broker still
+/// starting, a load balancer without a ready backend), may pass and is waited out.
+fn is_permanent_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> bool {
+    match code {
+        Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::BrokerTransportFailure) => {
+            reason.contains("certificate verify failed")
+        }
+        Some(RDKafkaErrorCode::Authentication) => reason.contains("Authentication failed"),
+        _ => false,
+    }
+}
+
 /// Errors setting up Kafka clients or finding topics; all operational.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -117,6 +133,8 @@ pub enum KafkaSetupError {
         #[source]
         source: KafkaError,
     },
+    #[error("cannot read topic metadata from {brokers}; the last connection error: {reason}")]
+    Unreachable { brokers: String, reason: String },
     #[error("the brokers at {brokers} refused the connection: {reason}")]
     Refused { brokers: String, reason: String },
     #[error("topic {topic:?} does not exist on {brokers}")]
@@ -297,7 +315,16 @@ impl KafkaSettings {
 
     /// A client creation error, its text masked like the start-up log.
     pub fn client_error(&self, source: KafkaError) -> KafkaSetupError {
-        let mut text = source.to_string();
+        KafkaSetupError::Client {
+            brokers: self.brokers.clone(),
+            source: MaskedError(self.mask(&source.to_string())),
+        }
+    }
+
+    /// `text` with every secret value (the SASL password, options not known to be harmless)
+    /// replaced by `***`, as in the start-up log.
+    fn mask(&self, text: &str) -> String {
+        let mut text = text.to_string();
         let password = std::env::var(SASL_PASSWORD_VAR).ok();
         let secrets = self
             .options
@@ -308,10 +335,7 @@ impl KafkaSettings {
         for secret in secrets.filter(|s| !s.is_empty()) {
             text = text.replace(secret, "***");
         }
-        KafkaSetupError::Client {
-            brokers: self.brokers.clone(),
-            source: MaskedError(text),
-        }
+        text
     }
 
     /// A consumer that reads assigned partitions from explicit offsets and commits them to
@@ -363,7 +387,8 @@ impl KafkaSettings {
 
 impl KafkaSettings {
     /// `topic`'s metadata, waiting up to `timeout`; a refused connection (wrong CA, wrong
-    /// host name, wrong password) ends the wait at once with the brokers' reason.
+    /// host name, wrong password) ends the wait at once with the brokers' reason, and a
+    /// timeout quotes the last connection error.
     fn metadata(
         &self,
         consumer: &ServiceConsumer,
@@ -375,19 +400,25 @@ impl KafkaSettings {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match consumer.fetch_metadata(Some(topic), left.min(STEP)) {
-                Ok(metadata) => return Ok(metadata),
+                Ok(metadata) => {
+                    *consumer.context().connection() = ConnectionErrors::default();
+                    return Ok(metadata);
+                }
                 Err(source) => {
                     serve_events(consumer);
-                    if let Some(reason) = consumer.context().refusal() {
-                        return Err(KafkaSetupError::Refused {
-                            brokers: self.brokers.clone(),
-                            reason,
-                        });
+                    let errors = consumer.context().connection().clone();
+                    let brokers = self.brokers.clone();
+                    if let Some(reason) = errors.refusal {
+                        let reason = self.mask(&reason);
+                        return Err(KafkaSetupError::Refused { brokers, reason });
                     }
                     if left <= STEP {
-                        return Err(KafkaSetupError::Metadata {
-                            brokers: self.brokers.clone(),
-                            source,
+                        return Err(match errors.last {
+                            Some(reason) => KafkaSetupError::Unreachable {
+                                brokers,
+                                reason: self.mask(&reason),
+                            },
+                            None => KafkaSetupError::Metadata { brokers, source },
                         });
                     }
                 }
@@ -471,5 +502,71 @@ mod tests {
         let config = plain.client_config().unwrap();
         assert_eq!(config.get("security.protocol"), Some("PLAINTEXT"));
         assert_eq!(config.get("sasl.mechanism"), None);
+    }
+
+    #[test]
+    fn only_a_failed_certificate_or_rejected_credentials_end_the_wait() {
+        use RDKafkaErrorCode::{Authentication, BrokerTransportFailure, SSL};
+        let permanent = [
+            (
+                SSL,
+                "ssl://127.0.0.1:9094/bootstrap: SSL handshake failed: error:0A000086:SSL \
+                 routines::certificate verify failed: broker certificate could not be verified",
+            ),
+            (
+                BrokerTransportFailure,
+                "SSL handshake failed: certificate verify failed (after 3ms in state \
+                 SSL_HANDSHAKE)",
+            ),
+            (
+                Authentication,
+                "SASL authentication error: Authentication failed during authentication due \
+                 to invalid credentials with SASL mechanism SCRAM-SHA-512",
+            ),
+        ];
+        // A broker restarting, a load balancer without a ready backend, a slow handshake.
+        let passing = [
+            (
+                BrokerTransportFailure,
+                "ssl://127.0.0.1:9092/bootstrap: SSL handshake failed: Disconnected: \
+                 connection closed by peer: receiving 0 after 0 bytes",
+            ),
+            (SSL, "SSL transport error: Connection reset by peer"),
+            (
+                Authentication,
+                "Failed to send SaslHandshakeRequest: Timed out (after 10000ms in state \
+                 AUTH_HANDSHAKE)",
+            ),
+            (
+                BrokerTransportFailure,
+                "Connect to ipv4#127.0.0.1:9092 failed: Connection refused",
+            ),
+        ];
+        for (code, reason) in permanent {
+            assert!(is_permanent_refusal(Some(code), reason), "{reason}");
+        }
+        for (code, reason) in passing {
+            assert!(!is_permanent_refusal(Some(code), reason), "{reason}");
+        }
+        assert!(!is_permanent_refusal(None, "certificate verify failed"));
+    }
+
+    #[test]
+    fn a_reason_quoted_in_an_error_is_masked_like_the_start_up_log() {
+        let settings = KafkaSettings {
+            brokers: "b-1.msk:9098".into(),
+            security_protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            ca_file: None,
+            options: vec![
+                (
+                    "sasl.oauthbearer.config".into(),
+                    "clientSecret=s3cr3t".into(),
+                ),
+                ("client.id".into(), "meterflow-7".into()),
+            ],
+        };
+        let masked = settings.mask("bad config clientSecret=s3cr3t for meterflow-7");
+        assert_eq!(masked, "bad config *** for meterflow-7");
     }
 }
