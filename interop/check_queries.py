@@ -116,23 +116,25 @@ def normalize(value):
     return value
 
 
-def same(got, want) -> bool:
+def same(got, want, rel_tol: float) -> bool:
     if isinstance(want, float) or isinstance(got, float):
         if got is None or want is None:
             return got is want
-        return math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-6)
+        return math.isclose(float(got), float(want), rel_tol=rel_tol, abs_tol=1e-6)
     return got == want
 
 
-def compare(engine: str, name: str, got: list[tuple], want: list[tuple]) -> None:
+def compare(
+    engine: str, name: str, got: list[tuple], want: list[tuple], rel_tol: float = 1e-9
+) -> None:
+    """Exits with the first difference; floats equal within `rel_tol`."""
     got = [tuple(normalize(v) for v in row) for row in got]
-    if len(got) != len(want) or not all(
-        len(g) == len(w) and all(same(a, b) for a, b in zip(g, w)) for g, w in zip(got, want)
-    ):
-        difference = next(
-            ((g, w) for g, w in zip(got, want) if not all(same(a, b) for a, b in zip(g, w))),
-            None,
-        )
+
+    def equal(g, w) -> bool:
+        return len(g) == len(w) and all(same(a, b, rel_tol) for a, b in zip(g, w))
+
+    if len(got) != len(want) or not all(equal(g, w) for g, w in zip(got, want)):
+        difference = next(((g, w) for g, w in zip(got, want) if not equal(g, w)), None)
         sys.exit(
             f"{engine} {name}: {len(got)} rows, expected {len(want)}; first difference {difference}"
         )

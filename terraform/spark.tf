@@ -15,7 +15,7 @@ resource "kubernetes_config_map_v1" "spark" {
       spark.hadoop.fs.s3a.endpoint                ${local.minio_endpoint}
       spark.hadoop.fs.s3a.path.style.access       true
       spark.hadoop.fs.s3a.connection.ssl.enabled  false
-      spark.hadoop.fs.s3a.aws.credentials.provider org.apache.hadoop.fs.s3a.auth.EnvironmentVariableCredentialsProvider
+      spark.hadoop.fs.s3a.aws.credentials.provider software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider
     CONF
   }
 }

@@ -97,7 +97,7 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--jars",
         default=env("MF_SPARK_JARS"),
-        help="comma-separated jars for Spark (the Kafka source: spark/jars/pom.xml)",
+        help="comma-separated jars for Spark (the Kafka source and s3a: spark/jars/)",
     )
     parser.add_argument("--log", default=env("MF_LOG", "warn"))
     return parser.parse_args(argv)
@@ -236,6 +236,8 @@ def session(args):
         builder = builder.config("spark.driver.memory", args.driver_memory)
     if args.jars:
         builder = builder.config("spark.jars", args.jars)
+    for key, value in s3a_settings(os.environ).items():
+        builder = builder.config(key, value)
     spark = (
         builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(args.partitions))
@@ -246,6 +248,24 @@ def session(args):
     spark.sparkContext.setLogLevel(args.log.upper())
     spark.sparkContext.addPyFile(package_zip())
     return spark
+
+
+def s3a_settings(environ) -> dict[str, str]:
+    """S3A pointed where the row writer points (`MF_S3_ENDPOINT` or `AWS_ENDPOINT_URL`,
+    path-style, `AWS_*` credentials from the environment), so the checkpoint and the rows
+    land in the same store; none without an endpoint (AWS itself, or spark-defaults.conf)."""
+    endpoint = environ.get("MF_S3_ENDPOINT") or environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return {}
+    return {
+        "spark.hadoop.fs.s3a.endpoint": endpoint,
+        "spark.hadoop.fs.s3a.endpoint.region": environ.get("AWS_REGION", "us-east-1"),
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https")).lower(),
+        "spark.hadoop.fs.s3a.aws.credentials.provider": (
+            "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
+        ),
+    }
 
 
 def spark_path(location: str) -> str:
