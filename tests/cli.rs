@@ -246,3 +246,40 @@ fn json_logs_are_one_object_per_line_for_log_collectors() {
     assert_eq!(written["level"], "INFO");
     assert_eq!(written["fields"]["rows"], 4);
 }
+
+#[test]
+fn the_demos_closing_query_hint_runs_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    // From the repository root, as after `scripts/demo`: the hint names the binary's path.
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let output = meterflow()
+        .current_dir(repo)
+        .args(["demo", "--devices", "5", "--hours", "2", "--dir"])
+        .arg(&demo_dir)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let stdout = String::from_utf8(output).unwrap();
+    let hint = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("Query it with SQL: "))
+        .unwrap_or_else(|| panic!("no query hint in\n{stdout}"));
+    let answer = std::process::Command::new("sh")
+        .args(["-c", hint])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer.stdout);
+    assert!(
+        answer.status.success(),
+        "{hint}\n{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    assert!(
+        text.contains("kwh") && text.contains("2022-07-11"),
+        "{text}"
+    );
+}

@@ -252,20 +252,26 @@ def session(args):
 
 def s3a_settings(environ) -> dict[str, str]:
     """S3A pointed where the row writer points (`MF_S3_ENDPOINT` or `AWS_ENDPOINT_URL`,
-    path-style, `AWS_*` credentials from the environment), so the checkpoint and the rows
-    land in the same store; none without an endpoint (AWS itself, or spark-defaults.conf)."""
+    path-style, and the `AWS_*` keys when they are set), so the checkpoint and the rows land
+    in the same store; none without an endpoint (AWS itself, or spark-defaults.conf)."""
     endpoint = environ.get("MF_S3_ENDPOINT") or environ.get("AWS_ENDPOINT_URL")
     if not endpoint:
         return {}
-    return {
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    settings = {
         "spark.hadoop.fs.s3a.endpoint": endpoint,
-        "spark.hadoop.fs.s3a.endpoint.region": environ.get("AWS_REGION", "us-east-1"),
+        "spark.hadoop.fs.s3a.endpoint.region": region,
         "spark.hadoop.fs.s3a.path.style.access": "true",
-        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https")).lower(),
-        "spark.hadoop.fs.s3a.aws.credentials.provider": (
-            "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
-        ),
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(
+            endpoint.lower().startswith("https")
+        ).lower(),
     }
+    if environ.get("AWS_ACCESS_KEY_ID"):
+        # Else S3A's default chain (instance profile, web identity) finds the credentials.
+        settings["spark.hadoop.fs.s3a.aws.credentials.provider"] = (
+            "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
+        )
+    return settings
 
 
 def spark_path(location: str) -> str:

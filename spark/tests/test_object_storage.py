@@ -54,7 +54,7 @@ def minio():
             try:
                 requests.get(endpoint, timeout=1)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 assert time.monotonic() < deadline, container.logs()[-4000:]
                 time.sleep(0.2)
         yield endpoint
@@ -105,3 +105,20 @@ def test_to_minio_through_s3a_it_writes_the_rows_and_dead_letters_of_meterflow(
     got = tmp_path / "from-minio"
     pafs.copy_files("readings/spark", str(got), source_filesystem=store)
     assert_same_as_meterflow(expected, printed, got, summary)
+
+
+def test_s3a_follows_the_row_writers_endpoint_and_leaves_credentials_to_aws_without_keys():
+    from meterflow_spark.job import s3a_settings
+
+    assert s3a_settings({}) == {}
+    keyed = s3a_settings({"MF_S3_ENDPOINT": "HTTPS://minio:9000", "AWS_ACCESS_KEY_ID": "k"})
+    assert keyed["spark.hadoop.fs.s3a.endpoint"] == "HTTPS://minio:9000"
+    assert keyed["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
+    assert keyed["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert "EnvironmentVariableCredentialsProvider" in keyed[
+        "spark.hadoop.fs.s3a.aws.credentials.provider"
+    ]
+    profile = s3a_settings({"AWS_ENDPOINT_URL": "http://s3.local", "AWS_DEFAULT_REGION": "eu-west-1"})
+    assert profile["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert profile["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    assert "spark.hadoop.fs.s3a.aws.credentials.provider" not in profile

@@ -80,10 +80,33 @@ pub fn demo(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<(), Co
     );
     println!("\nSummary:\n{summary}\n\nOutput in {output}/ (date=YYYY-MM-DD/part-*.parquet, _dead_letter/).");
     println!(
-        "Query it with SQL: meterflow query \"SELECT date, sum(delta_energy) AS kwh FROM readings \
-         GROUP BY date ORDER BY date\" --data {output}"
+        "Query it with SQL: {} query \"SELECT date, sum(delta_energy) AS kwh FROM readings \
+         GROUP BY date ORDER BY date\" --data {output}",
+        this_binary()
     );
     Ok(())
+}
+
+/// How to call this binary from the current directory: `meterflow` when it is the one on the
+/// `PATH`, else its path (relative when below the current directory, as after `cargo run`).
+fn this_binary() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "meterflow".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| dir.join("meterflow").canonicalize().ok() == exe.canonicalize().ok())
+    });
+    if on_path {
+        return "meterflow".into();
+    }
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|dir| exe.strip_prefix(dir).ok().map(|p| p.to_path_buf()));
+    match relative {
+        Some(path) => format!("./{}", path.display()),
+        None => exe.display().to_string(),
+    }
 }
 
 /// One of the demo's commands, parsed as if typed: every default comes from the flags' one

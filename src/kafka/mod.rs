@@ -80,10 +80,12 @@ impl LagContext {
 impl ClientContext for LagContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        let code = error.rdkafka_error_code();
         let mut connection = self.connection();
-        if is_permanent_refusal(error.rdkafka_error_code(), reason) {
+        if is_permanent_refusal(code, reason) {
             connection.refusal = Some(reason.to_string());
-        } else {
+        } else if code != Some(RDKafkaErrorCode::AllBrokersDown) {
+            // "1/1 brokers are down" follows every failed attempt and says nothing of why.
             connection.last = Some(reason.to_string());
         }
     }
@@ -103,16 +105,21 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
-/// A connection error that only a change of settings can mend: the broker's certificate
-/// failed verification (untrusted CA, wrong host name), or the broker rejected the SASL
-/// credentials. Everything else, a handshake the peer hung up on included (a broker still
+/// A connection error that only a change of settings (or of the broker's) can mend: the
+/// broker's certificate failed verification (untrusted CA, wrong host name, not valid at
+/// this time), the broker rejected the SASL credentials, or it does not offer the SASL
+/// mechanism. Everything else, a handshake the peer hung up on included (a broker still
 /// starting, a load balancer without a ready backend), may pass and is waited out.
 fn is_permanent_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
     match code {
         Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::BrokerTransportFailure) => {
             reason.contains("certificate verify failed")
         }
-        Some(RDKafkaErrorCode::Authentication) => reason.contains("Authentication failed"),
+        Some(RDKafkaErrorCode::Authentication) => {
+            reason.contains("authentication failed")
+                || reason.contains("unsupported sasl mechanism")
+        }
         _ => false,
     }
 }
@@ -523,6 +530,15 @@ mod tests {
                 "SASL authentication error: Authentication failed during authentication due \
                  to invalid credentials with SASL mechanism SCRAM-SHA-512",
             ),
+            (
+                Authentication,
+                "SASL SCRAM authentication failed: broker responded with unknown-user",
+            ),
+            (
+                Authentication,
+                "SASL SCRAM-SHA-512 mechanism handshake failed: Broker: Unsupported SASL \
+                 mechanism: broker's supported mechanisms: PLAIN",
+            ),
         ];
         // A broker restarting, a load balancer without a ready backend, a slow handshake.
         let passing = [
@@ -533,9 +549,9 @@ mod tests {
             ),
             (SSL, "SSL transport error: Connection reset by peer"),
             (
-                Authentication,
-                "Failed to send SaslHandshakeRequest: Timed out (after 10000ms in state \
-                 AUTH_HANDSHAKE)",
+                BrokerTransportFailure,
+                "sasl_ssl://127.0.0.1:9096/bootstrap: 1 request(s) timed out: disconnect \
+                 (after 10046ms in state AUTH_HANDSHAKE)",
             ),
             (
                 BrokerTransportFailure,
