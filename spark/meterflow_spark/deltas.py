@@ -1,10 +1,11 @@
-"""contract §3 per device, as Spark's stateful function (`applyInPandasWithState`).
+"""contract §3 for one device in plain Python: the model the Spark job's SQL step
+(devices.py) is tested against.
 
 The per-device rules are meterflow's `deltas.rs`: readings wait in a time-ordered buffer until
 the watermark passes them, then become rows with duration and delta computed in f64 and rounded
 once to f32; the first reading gets nulls, a counter that goes down a null delta; a repeat of an
 accepted (device, time) is a duplicate or a `conflicting_duplicate`; a reading older than the
-device's last emitted one is `late`. What differs is the watermark: Spark's (see docs/spark.md).
+device's last emitted one is `late`.
 """
 
 from __future__ import annotations
@@ -12,57 +13,10 @@ from __future__ import annotations
 import bisect
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
-import pandas as pd
 
 MICROS_PER_MINUTE = 60_000_000
-
-# Rows out of the stateful operator: data rows, dead letters, and counters.
-OUTPUT_SCHEMA = (
-    "kind string, device_id int, device_name string, time_us long, duration float, "
-    "delta_energy float, reason string, detail string, source string, idx int, "
-    "record string, count long"
-)
-# Per device: the waiting readings, and the last emitted one (the next delta's baseline).
-STATE_SCHEMA = (
-    "pending_time array<long>, pending_energy array<double>, pending_name array<string>, "
-    "has_last boolean, last_time long, last_energy double"
-)
-OUTPUT_COLUMNS = [part.strip().split(" ")[0] for part in OUTPUT_SCHEMA.split(",")]
-# pandas dtypes that keep nulls in integer and f32 columns on their way to Arrow.
-OUTPUT_DTYPES = {
-    "kind": "string",
-    "device_id": "Int32",
-    "device_name": "string",
-    "time_us": "Int64",
-    "duration": "Float32",
-    "delta_energy": "Float32",
-    "reason": "string",
-    "detail": "string",
-    "source": "string",
-    "idx": "Int32",
-    "record": "string",
-    "count": "Int64",
-}
-
-
-def typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """The output columns, in order, with the dtypes of [`OUTPUT_SCHEMA`]."""
-    return frame.reindex(columns=OUTPUT_COLUMNS).astype(OUTPUT_DTYPES)
-
-
-def output_frame(out: list[dict]) -> pd.DataFrame:
-    """Output records as a frame of [`OUTPUT_SCHEMA`], built column by column (cheaper than
-    a frame of objects converted afterwards: this runs once per device and batch)."""
-    return pd.DataFrame(
-        {
-            name: pd.array([record.get(name) for record in out], dtype=dtype)
-            for name, dtype in OUTPUT_DTYPES.items()
-        }
-    )
-
 
 def f32(value: float) -> float:
     """Rounds an f64 to the nearest f32, as Rust's `as f32` does."""
@@ -139,77 +93,6 @@ def _same_time(accepted: float, offered: float) -> tuple[str, str | None]:
     return "conflicting_duplicate", f"energy {offered!r} differs from accepted {accepted!r}"
 
 
-def process_group(key, frames, state):
-    """The function for `applyInPandasWithState` (append mode, event-time timeout).
-
-    Key `None` collects what is not a device's reading — dead letters found while decoding and
-    the control rows that end a bounded run — and passes the dead letters through. A device's
-    group offers its new readings in input order, emits what the watermark passed, and sets a
-    timeout at its oldest waiting reading so a quiet device is emitted too.
-    """
-    (device_id,) = key
-    if device_id is None or pd.isna(device_id):  # the null key arrives as NaN
-        for frame in frames:
-            letters = frame[frame["kind"] == "dead_letter"]
-            if len(letters):
-                yield typed(letters)
-        return
-
-    device = Device.from_state(state.get) if state.exists else Device()
-    watermark_us = state.getCurrentWatermarkMs() * 1000
-    out: list[dict] = []
-    resets = duplicates = 0
-    if not state.hasTimedOut:
-        columns = ["seq_a", "seq_p", "seq_b", "idx", "time_us", "energy", "device_name", "source"]
-        readings = []
-        for frame in frames:
-            readings.extend(zip(*(frame[c].tolist() for c in columns)))
-        readings.sort(key=lambda r: r[:4])  # input order: file/topic, partition, line/offset
-        resets += device.emit_until(watermark_us, out, int(device_id))
-        for _, _, _, idx, time_us, energy, name, source in readings:
-            outcome, detail = device.offer(int(time_us), float(energy), name)
-            if outcome == "duplicate":
-                duplicates += 1
-            elif outcome != "accepted":
-                out.append(
-                    {
-                        "kind": "dead_letter",
-                        "reason": outcome,
-                        "detail": detail,
-                        "source": source,
-                        "idx": int(idx),
-                        "record": element_text(int(device_id), time_us, energy, name),
-                        "device_id": int(device_id),
-                    }
-                )
-    resets += device.emit_until(watermark_us, out, int(device_id))
-    for kind, count in (("duplicate", duplicates), ("counter_reset", resets)):
-        if count:
-            out.append({"kind": kind, "count": count})
-
-    state.update(device.to_state())
-    if device.pending:
-        # Spark times a group out once its watermark is *past* the timestamp; a reading is
-        # ready when the watermark (ms) reaches its time (µs).
-        oldest_ms = -(-device.pending[0][0] // 1000)
-        state.setTimeoutTimestamp(max(oldest_ms - 1, state.getCurrentWatermarkMs()))
-    if out:
-        yield output_frame(out)
-
-
-def element_text(device_id: int, time_us: int, energy: float, name: str) -> str:
-    """A refused reading's element as JSON text (re-serialized: the original spacing and
-    number spelling are not kept through Spark's columns)."""
-    seconds, micros = divmod(int(time_us), 1_000_000)
-    time = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    element = {
-        "device_id": device_id,
-        "device_name": name,
-        "time": f"{time}.{micros:06d}Z" if micros else f"{time}Z",
-        "cumulative_energy": float(energy),
-    }
-    return json.dumps(element, ensure_ascii=False, separators=(",", ":"))
-
-
 def source_json(**fields) -> str:
-    return json.dumps(fields, separators=(",", ":"))
+    """A dead letter's `source`, spelled as Spark's `to_json` spells the native tier's."""
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))

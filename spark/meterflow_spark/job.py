@@ -24,22 +24,22 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from meterflow_spark import deltas, sink, validate
+from meterflow_spark import deltas, devices, native, sink, validate
 
 log = logging.getLogger("meterflow_spark")
 
-# The control row that ends a bounded run: its event time moves the watermark past every
+# The watermark of the batch that holds the control row ending a bounded run: past every
 # reading, so every waiting reading is emitted (meterflow's flush at the end of input).
-FLUSH_TIME_US = 9_214_646_400_000_000  # 2262-01-01T00:00:00Z
-# pandas holds timestamps in ns (1677-09-22 to 2262-04-11): the watermark column is clamped to
-# that range on its way to the stateful function (readings outside it are far below any
-# watermark, or refused as future_time, either way).
-EVENT_TIME_RANGE_US = (-9_214_560_000_000_000, FLUSH_TIME_US)  # 1678-01-01 .. 2262-01-01
+FLUSH_WATERMARK_US = 2**62
+# Before any reading: nothing is emitted.
+NO_WATERMARK_US = -(2**62)
 PARSED_SCHEMA = (
     "kind string, device_id int, device_name string, time_us long, energy double, "
     "seq_a string, seq_p int, seq_b long, idx int, reason string, detail string, "
     "source string, record string"
 )
+# Rust's is_ascii_whitespace around a line of a file (a CR of CRLF files included).
+LINE_SPACE = r"^[ \t\r\n\f]+|[ \t\r\n\f]+$"
 # The binaryFile source's columns (a streaming source needs its schema up front).
 FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
 PARSED_COLUMNS = [part.strip().split(" ")[0] for part in PARSED_SCHEMA.split(",")]
@@ -104,32 +104,33 @@ def arguments(argv: list[str]) -> argparse.Namespace:
 
 
 def explode(settings: dict):
-    """mapInPandas function: raw input rows to readings, dead letters and control rows."""
+    """mapInPandas function, the Python tier: messages the native tier routed here (origin
+    `line`: one line of a file; `kafka`: one record; `file`: a whole file that is not UTF-8)
+    to readings and dead letters by validate.py."""
     latest_us = settings["latest_us"]
 
     def run(frames):
         for frame in frames:
-            records = []  # tuples in PARSED_COLUMNS order
+            records = []  # tuples in PARSED_SCHEMA order
             for origin, seq_a, seq_p, seq_b, value in frame[
                 ["origin", "seq_a", "seq_p", "seq_b", "value"]
             ].itertuples(index=False):
-                if origin == "control":
-                    records.append(("control", None, None, FLUSH_TIME_US) + (None,) * 9)
-                    continue
                 if origin == "file":
                     messages = validate.split_lines(bytes(value))
+                elif value is None:
+                    messages = []
                 else:
-                    messages = [(int(seq_b), bytes(value))] if value is not None else []
+                    messages = [(int(seq_b), bytes(value))]
                 for position, message in messages:
-                    if origin == "file":
-                        source = deltas.source_json(file=seq_a, line=position)
-                    else:
+                    if origin == "kafka":
                         source = deltas.source_json(topic=seq_a, partition=seq_p, offset=position)
+                    else:
+                        source = deltas.source_json(file=seq_a, line=position)
                     readings, letters = validate.decode_message(message, latest_us)
                     for r in readings:
                         records.append(
                             ("reading", r.device_id, r.device_name, r.time_us, r.energy,
-                             seq_a, seq_p, position, r.index, None, None, source, None)
+                             seq_a, seq_p, position, r.index, None, None, None, None)
                         )  # fmt: skip
                     for d in letters:
                         records.append(
@@ -145,6 +146,77 @@ def explode(settings: dict):
     return run
 
 
+def tiers(batch, latest_us: int):
+    """A micro-batch's source rows, one scan: file lines and Kafka records the native tier
+    decides, exploded to their readings (`native`), and everything else with the bytes the
+    Python tier needs (`value`); control rows flagged (`control`)."""
+    from pyspark.sql import functions as F
+
+    origin, text = F.col("origin"), F.col("value").cast("string")
+    utf8 = F.coalesce(F.is_valid_utf8(text), F.lit(False))
+    pieces = F.when((origin == "file") & utf8, F.split(text, "\n", -1)).when(
+        (origin == "kafka") & utf8, F.array(text)
+    )
+    whole = batch.select(
+        "origin", "seq_a", "seq_p", "seq_b", pieces.alias("pieces"),
+        F.when(pieces.isNull(), F.col("value")).alias("value"),
+    )  # fmt: skip
+    split = whole.select(
+        "origin", "seq_a", "seq_p", "seq_b", "value",
+        F.posexplode_outer("pieces").alias("position", "piece"),
+    )  # fmt: skip
+    is_line = (F.col("origin") == "file") & F.col("piece").isNotNull()
+    messages = split.select(
+        F.when(is_line, F.lit("line")).otherwise(F.col("origin")).alias("origin"),
+        "seq_a",
+        "seq_p",
+        F.when(is_line, F.col("position") + 1).otherwise(F.col("seq_b")).alias("seq_b"),
+        F.when(is_line, F.regexp_replace("piece", LINE_SPACE, "")).otherwise(F.col("piece"))
+        .alias("text"),
+        "value",
+    ).filter(F.col("text").isNull() | (F.col("text") != ""))
+    decided = native.decide(messages, latest_us)
+    return decided.select(
+        "origin", "seq_a", "seq_p", "seq_b",
+        "native",
+        (F.col("origin") == "control").alias("control"),
+        F.when(~F.col("native"), F.coalesce(F.col("value"), F.col("text").cast("binary")))
+        .alias("value"),
+        F.posexplode_outer(F.when(F.col("native"), F.col("readings"))).alias("idx", "reading"),
+    )  # fmt: skip
+
+
+def parse(tiered, latest_us: int):
+    """The parsed batch (PARSED_SCHEMA): native readings, the Python tier's readings and dead
+    letters, and the control rows; plus the Python tier's frame (cached: it runs once)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    nothing = lambda kind: F.lit(None).cast(kind)  # noqa: E731
+    readings = tiered.filter("native AND reading IS NOT NULL").select(
+        F.lit("reading").alias("kind"),
+        "reading.device_id", "reading.device_name", "reading.time_us", "reading.energy",
+        "seq_a", "seq_p", "seq_b", "idx",
+        *[nothing("string").alias(c) for c in ("reason", "detail", "source", "record")],
+    )  # fmt: skip
+    control = tiered.filter("control").select(
+        F.lit("control").alias("kind"),
+        *[nothing(t).alias(c) for c, t in (("device_id", "int"), ("device_name", "string"))],
+        nothing("long").alias("time_us"),
+        nothing("double").alias("energy"),
+        "seq_a", "seq_p", "seq_b",
+        *[nothing(t).alias(c) for c, t in (("idx", "int"), ("reason", "string"))],
+        *[nothing("string").alias(c) for c in ("detail", "source", "record")],
+    )  # fmt: skip
+    routed = tiered.filter("NOT native AND NOT control").select(
+        "origin", "seq_a", "seq_p", "seq_b", "value"
+    )
+    python = routed.mapInPandas(explode({"latest_us": latest_us}), PARSED_SCHEMA).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    return readings.unionByName(python).unionByName(control), python
+
+
 class Totals:
     """What the run did, summed over its micro-batches (printed as the summary)."""
 
@@ -156,10 +228,12 @@ class Totals:
         self.counter_resets = 0
         self.batches = 0
 
-    def add_batch(self, files: list, letters: list[dict]) -> None:
+    def add_batch(self, files: list, letters: list[dict], duplicates: int) -> None:
         self.batches += 1
         self.files += len(files)
         self.rows += sum(file.rows for file in files)
+        self.counter_resets += sum(file.resets for file in files)
+        self.duplicates += duplicates
         for letter in letters:
             self.dead_letters[letter["reason"]] = self.dead_letters.get(letter["reason"], 0) + 1
 
@@ -169,7 +243,7 @@ class Totals:
 
 def partition_writer(output: str, batch_id: int):
     """mapInArrow function: one writer's sorted rows of a batch to Parquet files (the task's
-    partition number is the writer number in the file names); yields (path, rows)."""
+    partition number is the writer number in the file names); yields (path, rows, resets)."""
     from pyspark import TaskContext
 
     def write(batches):
@@ -178,41 +252,58 @@ def partition_writer(output: str, batch_id: int):
             return
         table = pa.Table.from_batches(batches)
         writer = TaskContext.get().partitionId()
-        for path, rows in sink.write_row_files(output, batch_id, writer, table):
-            yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows]})
+        for path, rows, resets in sink.write_row_files(output, batch_id, writer, table):
+            yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "resets": [resets]})
 
     return write
 
 
-def batch_writer(output: str, writers: int, totals: Totals):
-    """foreachBatch function: Parquet rows and dead letters under `output`, counters."""
+def batch_processor(spark, args, totals: Totals):
+    """foreachBatch function: the batch decoded by both tiers, offered to the devices' state
+    of the batch before, rows and dead letters written under `output`, the new state kept."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    def write(batch, batch_id: int):
-        batch.persist()
-        rows = (
-            batch.filter(F.col("kind") == "row")
-            .withColumn("date", F.date_format(F.timestamp_micros("time_us"), "yyyy-MM-dd"))
-            .select("date", "device_id", "device_name", "time_us", "duration", "delta_energy")
-            .repartition(writers, "date")
-            .sortWithinPartitions("date", "device_id", "time_us")
+    state_root = args.checkpoint.rstrip("/") + "/state"
+
+    def process(batch, batch_id: int):
+        tiered = tiers(batch, args.latest_us).persist(StorageLevel.MEMORY_AND_DISK)
+        parsed, python = parse(tiered, args.latest_us)
+        facts = parsed.agg(
+            F.max(F.when(F.col("kind") == "reading", F.col("time_us"))).alias("newest"),
+            F.max((F.col("kind") == "control").cast("int")).alias("flush"),
+        ).first()
+        previous, front = devices.load_state(spark, state_root, batch_id)
+        if facts["newest"] is not None:
+            front = facts["newest"] if front is None else max(front, facts["newest"])
+        if facts["flush"]:
+            watermark = FLUSH_WATERMARK_US
+        else:
+            watermark = NO_WATERMARK_US if front is None else front - args.allowed_lateness
+        outcome = devices.step(
+            parsed.filter(F.col("kind") == "reading"), previous, watermark, args.partitions
         )
-        files = rows.mapInArrow(partition_writer(output, batch_id), "path string, rows long")
-        files = files.collect()
-        letters = [r.asDict() for r in batch.filter(F.col("kind") == "dead_letter").collect()]
+        rows = outcome.rows.withColumn(
+            "date", F.date_format(F.timestamp_micros("time_us"), "yyyy-MM-dd")
+        ).sortWithinPartitions("date", "device_id", "time_us")
+        files = rows.mapInArrow(
+            partition_writer(args.output, batch_id), "path string, rows long, resets long"
+        ).collect()
+        decoded = parsed.filter(F.col("kind") == "dead_letter").select(
+            "reason", "detail", "source", "idx", "record"
+        )
+        letters = [r.asDict() for r in decoded.unionByName(outcome.letters).collect()]
         letters.sort(key=lambda r: (tuple(json.loads(r["source"]).values()), r["idx"] or -1))
-        sink.write_dead_letters(output, batch_id, letters)
-        counts = batch.filter(F.col("kind").isin("duplicate", "counter_reset"))
-        for kind, count in counts.groupBy("kind").agg(F.sum("count")).collect():
-            if kind == "duplicate":
-                totals.duplicates += int(count)
-            else:
-                totals.counter_resets += int(count)
-        batch.unpersist()
-        totals.add_batch(files, letters)
+        sink.write_dead_letters(args.output, batch_id, letters)
+        duplicates = outcome.duplicates.count()
+        devices.save_state(spark, outcome.state, front, state_root, batch_id)
+        outcome.release()
+        python.unpersist()
+        tiered.unpersist()
+        totals.add_batch(files, letters, duplicates)
         log.info("batch %d: %d files, %d dead letters", batch_id, len(files), len(letters))
 
-    return write
+    return process
 
 
 def package_zip() -> str:
@@ -281,7 +372,6 @@ def spark_path(location: str) -> str:
 
 def build_query(spark, args, control_dir: str, totals: Totals):
     from pyspark.sql import functions as F
-    from pyspark.sql.streaming.state import GroupStateTimeout
 
     if args.input:
         reader = spark.readStream.format("binaryFile").schema(FILE_SCHEMA)
@@ -328,44 +418,19 @@ def build_query(spark, args, control_dir: str, totals: Totals):
             F.col("content").alias("value"),
         )
     )
-    settings = {"latest_us": args.latest_us}
-    parsed = raw.unionByName(control).mapInPandas(explode(settings), PARSED_SCHEMA)
-    timed = parsed.withColumn(
-        "event_time",
-        F.when(
-            F.col("kind").isin("reading", "control"),
-            F.timestamp_micros(
-                F.least(
-                    F.greatest("time_us", F.lit(EVENT_TIME_RANGE_US[0])),
-                    F.lit(EVENT_TIME_RANGE_US[1]),
-                )
-            ),
-        ),
-    ).withWatermark("event_time", f"{args.allowed_lateness // 1000} milliseconds")
-    rows = timed.groupBy("device_id").applyInPandasWithState(
-        deltas.process_group,
-        deltas.OUTPUT_SCHEMA,
-        deltas.STATE_SCHEMA,
-        "append",
-        GroupStateTimeout.EventTimeTimeout,
+    writer = raw.unionByName(control).writeStream.foreachBatch(
+        batch_processor(spark, args, totals)
     )
-    writer = rows.writeStream.foreachBatch(batch_writer(args.output, args.partitions, totals))
     return writer.option("checkpointLocation", spark_path(args.checkpoint))
 
 
-def run_once(spark, args, control_dir: str, totals: Totals, available_now: bool):
+def run_once(spark, args, control_dir: str, totals: Totals, available_now: bool) -> None:
     writer = build_query(spark, args, control_dir, totals)
     if available_now:
         writer = writer.trigger(availableNow=True)
     else:
         writer = writer.trigger(processingTime=args.trigger_interval)
-    query = writer.start()
-    query.awaitTermination()
-    return sum(
-        operator.numRowsDroppedByWatermark
-        for progress in query.recentProgress
-        for operator in progress.stateOperators
-    )
+    writer.start().awaitTermination()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,18 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     store.create_dir(root, recursive=True)
 
     totals = Totals()
-    dropped = run_once(spark, args, control_dir, totals, available_now=args.stop_when_drained)
+    run_once(spark, args, control_dir, totals, available_now=args.stop_when_drained)
     if args.stop_when_drained:
-        # End of a bounded input: a control row moves the watermark past every reading; the
-        # next run's no-data batch times every waiting device out, emitting its readings.
+        # End of a bounded input: the batch with a control row emits every waiting reading.
         with store.open_output_stream(f"{root}/flush-{int(time.time() * 1000)}") as stream:
             stream.write(b"flush")
-        dropped += run_once(spark, args, control_dir, totals, available_now=True)
-        dropped += run_once(spark, args, control_dir, totals, available_now=True)
-    summary = totals.as_dict() | {
-        "dropped_by_watermark": dropped,
-        "seconds": round(time.monotonic() - started, 3),
-    }
+        run_once(spark, args, control_dir, totals, available_now=True)
+    summary = totals.as_dict() | {"seconds": round(time.monotonic() - started, 3)}
     print(json.dumps(summary, sort_keys=True))
     spark.stop()
     return 0

@@ -14,6 +14,7 @@ import os
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -52,8 +53,8 @@ def filesystem(output: str) -> tuple[pafs.FileSystem, str]:
 
 def write_row_files(output: str, batch_id: int, writer: int, table: pa.Table) -> list[tuple]:
     """Writes one writer's rows (columns date, device_id, device_name, time_us, duration,
-    delta_energy; sorted by date, device_id, time_us) as one file per date; returns
-    (path, rows) per file."""
+    delta_energy, counter_reset; sorted by date, device_id, time_us) as one file per date;
+    returns (path, rows, counter resets) per file."""
     store, root = filesystem(output)
     written = []
     dates = table.column("date").to_pylist()
@@ -84,7 +85,8 @@ def write_row_files(output: str, batch_id: int, writer: int, table: pa.Table) ->
             write_statistics=True,
             sorting_columns=SORTING,
         )
-        written.append((path, end - start))
+        resets = pc.sum(part.column("counter_reset").cast(pa.int64())).as_py() or 0
+        written.append((path, end - start, resets))
         start = end
     return written
 
