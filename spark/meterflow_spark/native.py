@@ -59,15 +59,15 @@ def occurrences(text: Column, needle: str) -> Column:
 def time_us(text: Column) -> tuple[Column, Column]:
     """(µs since the epoch, valid?) of an RFC 3339 time in the form validate.py accepts;
     valid is false for any other text (Python then decides, with its own detail)."""
-    part = lambda start, length: F.substring(text, start, length).cast("long")  # noqa: E731
+    # Spark's ANSI mode fails a query on a bad cast: `try_cast` gives null instead.
+    part = lambda start, length: F.substring(text, start, length).try_cast("long")  # noqa: E731
     year, month, day = part(1, 4), part(6, 2), part(9, 2)
     hour, minute, second = part(12, 2), part(15, 2), part(18, 2)
     tail = F.substring(text, 20, 64)
     fraction = F.regexp_extract(tail, r"^\.([0-9]+)", 1)
     offset = F.regexp_extract(tail, r"[+-][0-9]{2}:?[0-9]{2}$", 0)
-    offset_hours, offset_minutes = F.substring(offset, 2, 2).cast("long"), F.substring(
-        offset, -2, 2
-    ).cast("long")
+    offset_hours = F.substring(offset, 2, 2).try_cast("long")
+    offset_minutes = F.substring(offset, -2, 2).try_cast("long")
     leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
     month_days = (
         F.when(month == 2, F.when(leap, 29).otherwise(28))
@@ -104,7 +104,7 @@ def time_us(text: Column) -> tuple[Column, Column]:
         * F.when(F.substring(offset, 1, 1) == "-", -1).otherwise(1)
     )
     seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset_seconds
-    micros = F.rpad(F.substring(fraction, 1, 6), 6, "0").cast("long")
+    micros = F.rpad(F.substring(fraction, 1, 6), 6, "0").try_cast("long")
     return F.when(shape, seconds * 1_000_000 + micros), valid
 
 
@@ -135,8 +135,9 @@ def decide(messages: DataFrame, latest_us: int) -> DataFrame:
     def reading(element: Column) -> Column:
         micros, time_valid = time_us(element["time"])
         energy = element["cumulative_energy"]
+        in_range = element["device_id"].between(INT32_MIN, INT32_MAX)
         valid = (
-            element["device_id"].between(INT32_MIN, INT32_MAX)
+            in_range
             & element["device_name"].isNotNull()
             & time_valid
             & energy.isNotNull()
@@ -145,7 +146,7 @@ def decide(messages: DataFrame, latest_us: int) -> DataFrame:
             & (micros <= latest_us)
         )
         return F.struct(
-            element["device_id"].cast("int").alias("device_id"),
+            F.when(in_range, element["device_id"].cast("int")).alias("device_id"),
             element["device_name"].alias("device_name"),
             micros.alias("time_us"),
             energy.alias("energy"),
