@@ -38,8 +38,8 @@ PARSED_SCHEMA = (
     "seq_a string, seq_p int, seq_b long, idx int, reason string, detail string, "
     "source string, record string"
 )
-# Rust's is_ascii_whitespace around a line of a file (a CR of CRLF files included).
-LINE_SPACE = r"^[ \t\r\n\f]+|[ \t\r\n\f]+$"
+# Rust's is_ascii_whitespace, trimmed around a line of a file (a CR of CRLF files included).
+LINE_SPACE = " \t\r\n\f"
 # The binaryFile source's columns (a streaming source needs its schema up front).
 FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
 PARSED_COLUMNS = [part.strip().split(" ")[0] for part in PARSED_SCHEMA.split(",")]
@@ -106,14 +106,15 @@ def arguments(argv: list[str]) -> argparse.Namespace:
 def explode(settings: dict):
     """mapInPandas function, the Python tier: messages the native tier routed here (origin
     `line`: one line of a file; `kafka`: one record; `file`: a whole file that is not UTF-8)
-    to readings and dead letters by validate.py."""
+    to readings and dead letters by validate.py; with `letters_only`, only the dead letters
+    (the native tier took the message's valid readings)."""
     latest_us = settings["latest_us"]
 
     def run(frames):
         for frame in frames:
             records = []  # tuples in PARSED_SCHEMA order
-            for origin, seq_a, seq_p, seq_b, value in frame[
-                ["origin", "seq_a", "seq_p", "seq_b", "value"]
+            for origin, seq_a, seq_p, seq_b, value, letters_only in frame[
+                ["origin", "seq_a", "seq_p", "seq_b", "value", "letters_only"]
             ].itertuples(index=False):
                 if origin == "file":
                     messages = validate.split_lines(bytes(value))
@@ -127,7 +128,7 @@ def explode(settings: dict):
                     else:
                         source = deltas.source_json(file=seq_a, line=position)
                     readings, letters = validate.decode_message(message, latest_us)
-                    for r in readings:
+                    for r in [] if letters_only else readings:
                         records.append(
                             ("reading", r.device_id, r.device_name, r.time_us, r.energy,
                              seq_a, seq_p, position, r.index, None, None, None, None)
@@ -146,10 +147,13 @@ def explode(settings: dict):
     return run
 
 
-def tiers(batch, latest_us: int):
-    """A micro-batch's source rows, one scan: file lines and Kafka records the native tier
-    decides, exploded to their readings (`native`), and everything else with the bytes the
-    Python tier needs (`value`); control rows flagged (`control`)."""
+MESSAGE_KEY = ["origin", "seq_a", "seq_p", "seq_b"]
+
+
+def messages_of(batch):
+    """A micro-batch's source rows as messages, one scan: each line of a UTF-8 file and each
+    UTF-8 Kafka record as `text`; a file or record that is not UTF-8, and the control rows,
+    whole in `value`."""
     from pyspark.sql import functions as F
 
     origin, text = F.col("origin"), F.col("value").cast("string")
@@ -158,48 +162,62 @@ def tiers(batch, latest_us: int):
         (origin == "kafka") & utf8, F.array(text)
     )
     whole = batch.select(
-        "origin", "seq_a", "seq_p", "seq_b", pieces.alias("pieces"),
-        F.when(pieces.isNull(), F.col("value")).alias("value"),
-    )  # fmt: skip
+        *MESSAGE_KEY, pieces.alias("pieces"), F.when(pieces.isNull(), F.col("value")).alias("value")
+    )
     split = whole.select(
-        "origin", "seq_a", "seq_p", "seq_b", "value",
-        F.posexplode_outer("pieces").alias("position", "piece"),
-    )  # fmt: skip
+        *MESSAGE_KEY, "value", F.posexplode_outer("pieces").alias("position", "piece")
+    )
     is_line = (F.col("origin") == "file") & F.col("piece").isNotNull()
-    messages = split.select(
+    return split.select(
         F.when(is_line, F.lit("line")).otherwise(F.col("origin")).alias("origin"),
         "seq_a",
         "seq_p",
         F.when(is_line, F.col("position") + 1).otherwise(F.col("seq_b")).alias("seq_b"),
-        F.when(is_line, F.regexp_replace("piece", LINE_SPACE, "")).otherwise(F.col("piece"))
+        F.when(is_line, F.btrim("piece", F.lit(LINE_SPACE)))
+        .otherwise(F.col("piece"))
         .alias("text"),
         "value",
     ).filter(F.col("text").isNull() | (F.col("text") != ""))
-    decided = native.decide(messages, latest_us)
-    return decided.select(
-        "origin", "seq_a", "seq_p", "seq_b",
-        "native",
-        (F.col("origin") == "control").alias("control"),
-        F.when(~F.col("native"), F.coalesce(F.col("value"), F.col("text").cast("binary")))
-        .alias("value"),
-        F.posexplode_outer(F.when(F.col("native"), F.col("readings"))).alias("idx", "reading"),
-    )  # fmt: skip
 
 
-def parse(tiered, latest_us: int):
+def parse(batch, latest_us: int):
     """The parsed batch (PARSED_SCHEMA): native readings, the Python tier's readings and dead
-    letters, and the control rows; plus the Python tier's frame (cached: it runs once)."""
+    letters, and the control rows; and the frames cached for it (each tier runs once)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    cache = StorageLevel.MEMORY_AND_DISK
+    decided = native.plain(messages_of(batch)).persist(cache)
+    elements = decided.filter("plain").select(
+        *MESSAGE_KEY, F.posexplode("elements").alias("idx", "element")
+    )
+    judged = elements.select(
+        *MESSAGE_KEY, "idx", *native.reading(F.col("element"), latest_us)
+    ).persist(cache)
+
     nothing = lambda kind: F.lit(None).cast(kind)  # noqa: E731
-    readings = tiered.filter("native AND reading IS NOT NULL").select(
+    readings = judged.filter("valid").select(
         F.lit("reading").alias("kind"),
-        "reading.device_id", "reading.device_name", "reading.time_us", "reading.energy",
-        "seq_a", "seq_p", "seq_b", "idx",
+        "device_id", "device_name", "time_us", "energy", "seq_a", "seq_p", "seq_b", "idx",
         *[nothing("string").alias(c) for c in ("reason", "detail", "source", "record")],
     )  # fmt: skip
-    control = tiered.filter("control").select(
+    # A plain message with a refused reading: Python writes its dead letters. Broadcast: the
+    # keys of such messages are few, and `decided` (the text) is not shuffled.
+    refused = judged.filter("NOT valid").select(*MESSAGE_KEY).distinct()
+    letters_only = decided.join(F.broadcast(refused), MESSAGE_KEY, "left_semi").select(
+        *MESSAGE_KEY, F.col("text").cast("binary").alias("value"), F.lit(True).alias("letters_only")
+    )
+    whole = decided.filter("NOT plain AND origin != 'control'").select(
+        *MESSAGE_KEY,
+        F.coalesce(F.col("value"), F.col("text").cast("binary")).alias("value"),
+        F.lit(False).alias("letters_only"),
+    )
+    python = (
+        whole.unionByName(letters_only)
+        .mapInPandas(explode({"latest_us": latest_us}), PARSED_SCHEMA)
+        .persist(cache)
+    )
+    control = decided.filter("origin = 'control'").select(
         F.lit("control").alias("kind"),
         *[nothing(t).alias(c) for c, t in (("device_id", "int"), ("device_name", "string"))],
         nothing("long").alias("time_us"),
@@ -208,13 +226,7 @@ def parse(tiered, latest_us: int):
         *[nothing(t).alias(c) for c, t in (("idx", "int"), ("reason", "string"))],
         *[nothing("string").alias(c) for c in ("detail", "source", "record")],
     )  # fmt: skip
-    routed = tiered.filter("NOT native AND NOT control").select(
-        "origin", "seq_a", "seq_p", "seq_b", "value"
-    )
-    python = routed.mapInPandas(explode({"latest_us": latest_us}), PARSED_SCHEMA).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
-    return readings.unionByName(python).unionByName(control), python
+    return readings.unionByName(python).unionByName(control), [decided, judged, python]
 
 
 class Totals:
@@ -261,14 +273,12 @@ def partition_writer(output: str, batch_id: int):
 def batch_processor(spark, args, totals: Totals):
     """foreachBatch function: the batch decoded by both tiers, offered to the devices' state
     of the batch before, rows and dead letters written under `output`, the new state kept."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     state_root = args.checkpoint.rstrip("/") + "/state"
 
     def process(batch, batch_id: int):
-        tiered = tiers(batch, args.latest_us).persist(StorageLevel.MEMORY_AND_DISK)
-        parsed, python = parse(tiered, args.latest_us)
+        parsed, cached = parse(batch, args.latest_us)
         facts = parsed.agg(
             F.max(F.when(F.col("kind") == "reading", F.col("time_us"))).alias("newest"),
             F.max((F.col("kind") == "control").cast("int")).alias("flush"),
@@ -298,8 +308,8 @@ def batch_processor(spark, args, totals: Totals):
         duplicates = outcome.duplicates.count()
         devices.save_state(spark, outcome.state, front, state_root, batch_id)
         outcome.release()
-        python.unpersist()
-        tiered.unpersist()
+        for frame in cached:
+            frame.unpersist()
         totals.add_batch(files, letters, duplicates)
         log.info("batch %d: %d files, %d dead letters", batch_id, len(files), len(letters))
 

@@ -8,15 +8,16 @@ dead letter of §2, so the tiers never answer the same message and never disagre
 (tests/test_native.py generates the edge cases and requires both to agree where this one
 answers). A message is routed to Python when:
 
-- it is not valid UTF-8, holds a backslash (escapes, lone surrogates), a single quote (Spark's
-  `allowSingleQuotes`) or `NaN`/`INF`/`Infinity` (Spark's `allowNonNumericNumbers`);
-- `from_json` cannot parse it, or it is not exactly `{"measurements": [ … ]}` with flat
-  objects as elements (one `[`/`]` pair and one `{}` per element outside strings: nothing
-  after the top-level object, no nested values);
-- an element does not hold each of `device_id` (an integer literal of at most 18 digits),
-  `device_name` (a string), `time` (a string) and `cumulative_energy` (a number literal)
-  exactly once — counted in the text, so repeated keys and values of another JSON type,
-  which Spark would convert, are Python's;
+- it is not valid UTF-8, or holds a `\\u` escape (lone surrogates, keys spelled with escapes),
+  a single quote (Spark's `allowSingleQuotes`) or `NaN`/`INF`/`Infinity` (Spark's
+  `allowNonNumericNumbers`);
+- it does not start with `{"measurements":[` and end with `]}` with no other `[` or `]` in it
+  (so nothing follows the object, which from_json would ignore), or holds white space between
+  tokens (pretty-printed messages are Python's);
+- `from_json` cannot parse it with the element schema (a number where a string belongs is
+  turned into text by Spark, so `device_name` and `time` must be followed by `:"` wherever
+  they occur), or an element lacks one of the four fields. Repeated keys agree: both tiers
+  keep the last;
 - a reading breaks a rule: device id outside Int32, an unusual or invalid time, energy below
   zero or not finite, time after the latest accepted one.
 """
@@ -27,33 +28,20 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-WS = r"[ \t\n\r]*"  # JSON's white space
-ELEMENT_SCHEMA = (
-    "device_id long, device_name string, time string, cumulative_energy double"
-)
+ELEMENT_SCHEMA = "device_id long, device_name string, time string, cumulative_energy double"
 MESSAGE_SCHEMA = f"measurements array<struct<{ELEMENT_SCHEMA}>>, _corrupt_record string"
 TIME_FORM = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
     r"(Z|z|[+-][0-9]{2}:?[0-9]{2})?$"
 )
-# Each key once per element, with a value of its type: (key, the text after `"key":`).
-KEY_FORMS = {
-    "device_id": r"-?(0|[1-9][0-9]{0,17})" + WS + "[,}]",
-    "device_name": '"',
-    "time": '"',
-    "cumulative_energy": r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?" + WS + "[,}]",
-}
-# What only the Python tier may judge (see the module doc).
-PYTHON_ONLY = r"[\\']|NaN|INF|Infinity"
-MESSAGE_START = r"^\{" + WS + '"measurements"' + WS + ":" + WS + r"\["
-MESSAGE_END = r"\]" + WS + r"\}$"
-
-
-def occurrences(text: Column, needle: str) -> Column:
-    """How often the literal `needle` occurs in `text` (no regular expression)."""
-    return F.floor(
-        (F.length(text) - F.length(F.replace(text, F.lit(needle), F.lit("")))) / len(needle)
-    )
+# Literal text only Python may judge: escapes of any code point (lone surrogates, keys spelled
+# with escapes), single quotes (Spark's `allowSingleQuotes`), Spark's non-numeric numbers.
+PYTHON_ONLY = ["\\u", "'", "NaN", "INF", "Infinity"]
+# A key that must hold a string, followed by something else: Spark would turn the number,
+# boolean or object into text where the contract refuses it.
+NOT_A_STRING = r'"(?:device_name|time)"(?!:")'
+MESSAGE_START = '{"measurements":['
+MESSAGE_END = "]}"
 
 
 def time_us(text: Column) -> tuple[Column, Column]:
@@ -108,53 +96,51 @@ def time_us(text: Column) -> tuple[Column, Column]:
     return F.when(shape, seconds * 1_000_000 + micros), valid
 
 
-def decide(messages: DataFrame, latest_us: int) -> DataFrame:
+def plain(messages: DataFrame) -> DataFrame:
     """`messages` (a string column `text`: one trimmed, non-blank, valid UTF-8 message) with
-    `native` (this tier decides it: every element a valid reading) and `readings`, an array
-    of (device_id, device_name, time_us, energy) in element order."""
+    `plain` (this tier reads it) and `elements`, its measurements as parsed by from_json."""
     text = F.col("text")
-    parsed = F.from_json(text, MESSAGE_SCHEMA)
-    elements = parsed["measurements"]
-    count = F.size(elements)
-    skeleton = F.regexp_replace(text, r'"[^"]*"', "")
-    shape = (
-        ~text.rlike(PYTHON_ONLY)
-        & text.rlike(MESSAGE_START)
-        & text.rlike(MESSAGE_END)
-        & parsed["_corrupt_record"].isNull()
-        & elements.isNotNull()
-        & (occurrences(skeleton, "[") == 1)
-        & (occurrences(skeleton, "]") == 1)
-        & (occurrences(skeleton, "{") == count + 1)
-        & (occurrences(skeleton, "}") == count + 1)
+    plain_text = text.startswith(MESSAGE_START) & text.endswith(MESSAGE_END)
+    for literal in PYTHON_ONLY:
+        plain_text = plain_text & ~text.contains(literal)
+    # One `[` and one `]` (strings included): the array is the only one, and nothing can follow
+    # the object, which from_json would ignore.
+    plain_text = plain_text & (F.regexp_count(text, F.lit(r"[\[\]]")) == 2)
+    plain_text = plain_text & ~text.rlike(NOT_A_STRING)
+    parsed = messages.withColumn("parsed", F.when(plain_text, F.from_json(text, MESSAGE_SCHEMA)))
+    elements = F.col("parsed.measurements")
+    complete = F.forall(
+        elements,
+        lambda e: e["device_id"].isNotNull()
+        & e["device_name"].isNotNull()
+        & e["time"].isNotNull()
+        & e["cumulative_energy"].isNotNull(),
     )
-    for key, value in KEY_FORMS.items():
-        shape = shape & (occurrences(text, f'"{key}"') == count)
-        shape = shape & (F.regexp_count(text, F.lit(f'"{key}"{WS}:{WS}{value}')) == count)
+    shape = F.col("parsed._corrupt_record").isNull() & elements.isNotNull() & complete
+    readable = F.coalesce(shape, F.lit(False))
+    return parsed.select(
+        *messages.columns, readable.alias("plain"), F.when(readable, elements).alias("elements")
+    )
 
-    def reading(element: Column) -> Column:
-        micros, time_valid = time_us(element["time"])
-        energy = element["cumulative_energy"]
-        in_range = element["device_id"].between(INT32_MIN, INT32_MAX)
-        valid = (
-            in_range
-            & element["device_name"].isNotNull()
-            & time_valid
-            & energy.isNotNull()
-            & (energy >= 0)
-            & (energy < float("inf"))
-            & (micros <= latest_us)
-        )
-        return F.struct(
-            F.when(in_range, element["device_id"].cast("int")).alias("device_id"),
-            element["device_name"].alias("device_name"),
-            micros.alias("time_us"),
-            energy.alias("energy"),
-            F.coalesce(valid, F.lit(False)).alias("valid"),
-        )
 
-    # The element expressions run only on messages of the plain shape.
-    plain = F.coalesce(shape, F.lit(False))
-    decided = messages.withColumn("readings", F.when(plain, F.transform(elements, reading)))
-    valid = F.forall(F.col("readings"), lambda r: r["valid"])
-    return decided.withColumn("native", F.coalesce(valid, F.lit(False)))
+def reading(element: Column, latest_us: int) -> list[Column]:
+    """An element of a plain message (after `posexplode`, where Spark generates code for the
+    expressions) as its reading's columns and `valid`: false sends the message to Python for
+    its dead letters."""
+    micros, time_valid = time_us(element["time"])
+    energy = element["cumulative_energy"]
+    in_range = element["device_id"].between(INT32_MIN, INT32_MAX)
+    valid = (
+        in_range
+        & time_valid
+        & (energy >= 0)
+        & (energy < float("inf"))
+        & (micros <= latest_us)
+    )
+    return [
+        F.when(in_range, element["device_id"].cast("int")).alias("device_id"),
+        element["device_name"].alias("device_name"),
+        micros.alias("time_us"),
+        energy.alias("energy"),
+        F.coalesce(valid, F.lit(False)).alias("valid"),
+    ]

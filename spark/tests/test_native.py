@@ -93,12 +93,28 @@ def element(rng: random.Random, plain: bool) -> str:
     return "{" + space + ("," + space).join(pairs) + space + "}"
 
 
+# Values of the right JSON type that break a rule: the native tier reads them and refuses.
+REFUSED = {
+    "device_id": ["2147483648", "-2147483649", "99999999999999999"],
+    "cumulative_energy": ["-1", "-0.5", "1e400", "-1e-300"],
+    "time": [json.dumps(t) for t in TIMES[1] if ":" in t and "+8" not in t and " Z" not in t],
+}
+
+
 def message(rng: random.Random) -> tuple[str, bool]:
-    """A message and whether it is plain (common shape, all valid: the native tier's)."""
-    plain = rng.random() < 0.45
-    elements = [element(rng, plain) for _ in range(rng.randint(0, 6))]
-    if plain:
+    """A message and whether it is plain (common shape: the native tier's)."""
+    kind = rng.random()
+    if kind < 0.55:
+        elements = [element(rng, True) for _ in range(rng.randint(0, 6))]
+        if kind < 0.2 and elements:
+            # One value of the right type that breaks a rule.
+            at, key = rng.randrange(len(elements)), rng.choice(list(REFUSED))
+            fields = json.loads(elements[at])
+            fields[key] = "@"
+            text = json.dumps(fields, separators=(",", ":"))
+            elements[at] = text.replace('"@"', rng.choice(REFUSED[key]))
         return '{"measurements":[' + ",".join(elements) + "]}", True
+    elements = [element(rng, False) for _ in range(rng.randint(0, 6))]
     spaced = rng.random() < 0.3
     body = (", " if spaced else ",").join(elements)
     text = ('{ "measurements" : [ ' + body + " ] }") if spaced else '{"measurements":[' + body + "]}"
@@ -138,30 +154,51 @@ def spark():
 
 
 def test_the_native_tier_answers_only_what_python_answers_the_same(spark):
+    """Per message the native tier reads (plain), each element's reading equals Python's and
+    each element it refuses is one Python dead-letters, at the same index."""
+    from pyspark.sql import functions as F
+
     rng = random.Random(20261207)
     cases = [message(rng) for _ in range(CASES)]
-    frame = spark.createDataFrame([(text,) for text, _ in cases], "text string")
-    decided = native.decide(frame, LATEST_US).select("text", "native", "readings").collect()
+    frame = spark.createDataFrame([(n, text) for n, (text, _) in enumerate(cases)], "n int, text string")
+    decided = native.plain(frame)
+    plain = {r["n"]: r["plain"] for r in decided.select("n", "plain").collect()}
+    elements = decided.filter("plain").select("n", F.posexplode("elements").alias("idx", "e"))
+    judged = elements.select("n", "idx", *native.reading(F.col("e"), LATEST_US)).collect()
+    native_answers: dict[int, dict] = {}
+    for row in judged:
+        native_answers.setdefault(row["n"], {})[row["idx"]] = row
 
-    answered = plain_answered = 0
-    for (text, plain), row in zip(cases, decided):
+    read = valid_elements = refused = 0
+    for n, (text, generated_plain) in enumerate(cases):
         readings, letters = decode_message(text.encode("utf-8", "surrogatepass"), LATEST_US)
-        if plain:
-            # The common shape is the native tier's: it must not route it away.
-            assert row["native"], text
-            plain_answered += 1
-        if not row["native"]:
+        if generated_plain:
+            # The common shape, valid or not, is the native tier's: it must not route it away.
+            assert plain[n], text
+        if not plain[n]:
             continue
-        answered += 1
-        assert letters == [], text
-        expected = [(r.device_id, r.device_name, r.time_us, bits(r.energy)) for r in readings]
-        got = [(r["device_id"], r["device_name"], r["time_us"], bits(r["energy"]))
-               for r in row["readings"]]  # fmt: skip
-        assert got == expected, text
-    # Not vacuous: both tiers saw many cases, and unusual-but-valid ones reached the native tier.
-    assert plain_answered > CASES // 3
-    assert answered - plain_answered > 20
-    assert CASES - answered > CASES // 3
+        read += 1
+        python = {r.index: r for r in readings}
+        assert all(d.index is not None for d in letters), text
+        python_refused = {d.index for d in letters}
+        for idx, row in native_answers.get(n, {}).items():
+            if row["valid"]:
+                valid_elements += 1
+                r = python[idx]
+                assert (row["device_id"], row["device_name"], row["time_us"], bits(row["energy"])) == (
+                    r.device_id, r.device_name, r.time_us, bits(r.energy)
+                ), text  # fmt: skip
+            else:
+                refused += 1
+                assert idx in python_refused, text
+        assert len(native_answers.get(n, {})) == len(readings) + len(letters), text
+    # Not vacuous: both tiers saw many cases, and unusual ones reached the native tier.
+    generated = sum(1 for _, p in cases if p)
+    assert generated > CASES // 3
+    assert read - generated > 10, read - generated
+    assert refused > 100, refused
+    assert valid_elements > 1000, valid_elements
+    assert CASES - read > CASES // 5, CASES - read
 
 
 def test_a_file_decodes_as_the_python_port_decodes_it(spark, tmp_path):
@@ -185,8 +222,7 @@ def test_a_file_decodes_as_the_python_port_decodes_it(spark, tmp_path):
         "'file' AS origin", "path AS seq_a", "-1 AS seq_p", "CAST(0 AS long) AS seq_b",
         "content AS value",
     )  # fmt: skip
-    tiered = job.tiers(raw, LATEST_US)
-    parsed, _ = job.parse(tiered, LATEST_US)
+    parsed, cached = job.parse(raw, LATEST_US)
 
     def key(row) -> tuple:
         energy = None if row["energy"] is None else bits(row["energy"])
@@ -198,12 +234,12 @@ def test_a_file_decodes_as_the_python_port_decodes_it(spark, tmp_path):
     for path in files:
         frame = pd.DataFrame(
             {"origin": ["file"], "seq_a": [str(path)], "seq_p": [-1], "seq_b": [0],
-             "value": [path.read_bytes()]}
+             "value": [path.read_bytes()], "letters_only": [False]}
         )  # fmt: skip
         for out in job.explode({"latest_us": LATEST_US})([frame]):
             expected += [key(r) for r in out.astype(object).where(out.notna(), None).to_dict("records")]
     assert got == sorted(expected)
-    native_rows = tiered.filter("native AND reading IS NOT NULL").count()
+    native_rows = cached[1].filter("valid").count()
     assert native_rows > 1000, native_rows
     assert len(got) - native_rows > 500
 
