@@ -224,23 +224,9 @@ def test_the_documented_differences_and_nothing_else(tmp_path):
     got = tmp_path / "spark"
     spark_job(tmp_path / "in", got, "--max-files-per-trigger", "1")
 
-    def meterflow_with(output: Path, *extra: str) -> None:
-        meterflow(
-            "transform",
-            "--input",
-            *map(str, inputs),
-            "--output",
-            str(output),
-            "--processing-time",
-            PROCESSING_TIME,
-            "--watermark-quorum",
-            "1",
-            *extra,
-        )
-
     strict, lenient = tmp_path / "meterflow", tmp_path / "meterflow-lenient"
-    meterflow_with(strict)
-    meterflow_with(lenient, "--allowed-lateness", "1d")
+    transform(inputs, strict, "--watermark-quorum", "1")
+    transform(inputs, lenient, "--watermark-quorum", "1", "--allowed-lateness", "1d")
     assert dead_letters(strict) == {"late": 1}
     assert dead_letters(got) == {}
     assert rows(got) == rows(lenient)
