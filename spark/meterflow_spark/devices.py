@@ -184,18 +184,21 @@ def state_directory(root: str, batch_id: int) -> str:
     return f"{root.rstrip('/')}/batch={batch_id:08d}"
 
 
+def kept_batches(root: str) -> list[int]:
+    """The batch ids with a state directory under `root`, in order."""
+    store, path = sink.filesystem(root)
+    found = store.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(
+        int(info.base_name[len("batch=") :])
+        for info in found
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("batch=")
+    )
+
+
 def load_state(spark: SparkSession, root: str, batch_id: int) -> tuple[DataFrame, int | None]:
     """The state the newest batch before `batch_id` kept, and the event-time front it saw
     (None: no batch yet)."""
-    store, path = sink.filesystem(root)
-    found = store.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    earlier = sorted(
-        int(info.base_name[len("batch=") :])
-        for info in found
-        if info.type == pafs.FileType.Directory
-        and info.base_name.startswith("batch=")
-        and int(info.base_name[len("batch=") :]) < batch_id
-    )
+    earlier = [kept for kept in kept_batches(root) if kept < batch_id]
     if not earlier:
         return spark.createDataFrame([], STATE_SCHEMA), None
     state = spark.read.schema(STATE_SCHEMA).parquet(spark_path(state_directory(root, earlier[-1])))
@@ -209,6 +212,15 @@ def save_state(spark: SparkSession, state: DataFrame, front: int | None, root: s
     state.unionByName(marker).write.mode("overwrite").parquet(
         spark_path(state_directory(root, batch_id))
     )
+
+
+def prune_state(root: str, batch_id: int) -> None:
+    """Deletes the states older than the one `batch_id` read: a replay of `batch_id` needs
+    only that one (and later batches only `batch_id`'s)."""
+    earlier = [kept for kept in kept_batches(root) if kept < batch_id]
+    store, _ = sink.filesystem(root)
+    for old in earlier[:-1]:
+        store.delete_dir(sink.filesystem(state_directory(root, old))[1])
 
 
 def spark_path(location: str) -> str:

@@ -118,10 +118,9 @@ def explode(settings: dict):
             ].itertuples(index=False):
                 if origin == "file":
                     messages = validate.split_lines(bytes(value))
-                elif value is None:
-                    messages = []
                 else:
-                    messages = [(int(seq_b), bytes(value))]
+                    # A Kafka record without a value is an empty message, as in meterflow.
+                    messages = [(int(seq_b), bytes(value) if value is not None else b"")]
                 for position, message in messages:
                     if origin == "kafka":
                         source = deltas.source_json(topic=seq_a, partition=seq_p, offset=position)
@@ -177,7 +176,7 @@ def messages_of(batch):
         .otherwise(F.col("piece"))
         .alias("text"),
         "value",
-    ).filter(F.col("text").isNull() | (F.col("text") != ""))
+    ).filter((F.col("origin") != "line") | (F.col("text") != ""))  # blank lines of files
 
 
 def parse(batch, latest_us: int):
@@ -201,10 +200,10 @@ def parse(batch, latest_us: int):
         "device_id", "device_name", "time_us", "energy", "seq_a", "seq_p", "seq_b", "idx",
         *[nothing("string").alias(c) for c in ("reason", "detail", "source", "record")],
     )  # fmt: skip
-    # A plain message with a refused reading: Python writes its dead letters. Broadcast: the
-    # keys of such messages are few, and `decided` (the text) is not shuffled.
+    # A plain message with a refused reading: Python writes its dead letters (Spark broadcasts
+    # the keys when they are few, as they are in a fleet's stream).
     refused = judged.filter("NOT valid").select(*MESSAGE_KEY).distinct()
-    letters_only = decided.join(F.broadcast(refused), MESSAGE_KEY, "left_semi").select(
+    letters_only = decided.join(refused, MESSAGE_KEY, "left_semi").select(
         *MESSAGE_KEY, F.col("text").cast("binary").alias("value"), F.lit(True).alias("letters_only")
     )
     whole = decided.filter("NOT plain AND origin != 'control'").select(
@@ -307,6 +306,7 @@ def batch_processor(spark, args, totals: Totals):
         sink.write_dead_letters(args.output, batch_id, letters)
         duplicates = outcome.duplicates.count()
         devices.save_state(spark, outcome.state, front, state_root, batch_id)
+        devices.prune_state(state_root, batch_id)
         outcome.release()
         for frame in cached:
             frame.unpersist()

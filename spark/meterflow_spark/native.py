@@ -12,8 +12,7 @@ answers). A message is routed to Python when:
   a single quote (Spark's `allowSingleQuotes`) or `NaN`/`INF`/`Infinity` (Spark's
   `allowNonNumericNumbers`);
 - it does not start with `{"measurements":[` and end with `]}` with no other `[` or `]` in it
-  (so nothing follows the object, which from_json would ignore), or holds white space between
-  tokens (pretty-printed messages are Python's);
+  (so nothing follows the object, which from_json would ignore);
 - `from_json` cannot parse it with the element schema (a number where a string belongs is
   turned into text by Spark, so `device_name` and `time` must be followed by `:"` wherever
   they occur), or an element lacks one of the four fields. Repeated keys agree: both tiers
@@ -32,8 +31,8 @@ ELEMENT_SCHEMA = "device_id long, device_name string, time string, cumulative_en
 MESSAGE_SCHEMA = f"measurements array<struct<{ELEMENT_SCHEMA}>>, _corrupt_record string"
 TIME_FORM = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
-    r"(Z|z|[+-][0-9]{2}:?[0-9]{2})?$"
-)
+    r"(Z|z|[+-][0-9]{2}:?[0-9]{2})?\z"
+)  # `\z`: Java's `$` also matches before a final line break
 # Literal text only Python may judge: escapes of any code point (lone surrogates, keys spelled
 # with escapes), single quotes (Spark's `allowSingleQuotes`), Spark's non-numeric numbers.
 PYTHON_ONLY = ["\\u", "'", "NaN", "INF", "Infinity"]
@@ -53,7 +52,7 @@ def time_us(text: Column) -> tuple[Column, Column]:
     hour, minute, second = part(12, 2), part(15, 2), part(18, 2)
     tail = F.substring(text, 20, 64)
     fraction = F.regexp_extract(tail, r"^\.([0-9]+)", 1)
-    offset = F.regexp_extract(tail, r"[+-][0-9]{2}:?[0-9]{2}$", 0)
+    offset = F.regexp_extract(tail, r"[+-][0-9]{2}:?[0-9]{2}\z", 0)
     offset_hours = F.substring(offset, 2, 2).try_cast("long")
     offset_minutes = F.substring(offset, -2, 2).try_cast("long")
     leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)

@@ -12,7 +12,11 @@ import functools
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
+
+# JSON integers of any length, as serde_json reads them (Python refuses over 4,300 digits).
+sys.set_int_max_str_digits(0)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MICROS_PER_SECOND = 1_000_000

@@ -33,7 +33,7 @@ TIMES = (
      "2022-13-01T00:00:00Z", "2022-07-11T24:00:00Z", "2022-07-11T02:20:60Z",
      "2022-07-11T02:20:00+24:00", "2022-07-11T02:20:00+08:60", "2030-01-01T00:00:00Z",
      "2022-07-11T02:20", "2022-07-11T02:20:00+8:00", "2022-07-11T02:20:00 Z", "20220711",
-     "9999-12-31T23:59:59.999999Z"],
+     "9999-12-31T23:59:59.999999Z", "2022-07-11T02:20:00Z\n", "2022-07-11T02:20:00+08:00\r\n"],
 )  # fmt: skip
 ENERGIES = (
     ["122.45", "0", "-0", "-0.0", "4822.50", "1e5", "1E-3", "2.5e+2", "0.1", "1.0",
@@ -243,3 +243,15 @@ def test_a_file_decodes_as_the_python_port_decodes_it(spark, tmp_path):
     assert native_rows > 1000, native_rows
     assert len(got) - native_rows > 500
 
+
+
+def test_kafka_records_without_a_message_are_dead_letters_not_lost(spark):
+    """An empty record and one without a value are `invalid_json`, as meterflow reads them."""
+    raw = spark.createDataFrame(
+        [("kafka", "meters", 0, 7, b""), ("kafka", "meters", 0, 8, None),
+         ("kafka", "meters", 1, 3, b'{"measurements":[]}')],
+        "origin string, seq_a string, seq_p int, seq_b long, value binary",
+    )  # fmt: skip
+    parsed, _ = job.parse(raw, LATEST_US)
+    got = sorted((r["seq_p"], r["seq_b"], r["kind"], r["reason"]) for r in parsed.collect())
+    assert got == [(0, 7, "dead_letter", "invalid_json"), (0, 8, "dead_letter", "invalid_json")]

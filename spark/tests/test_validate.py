@@ -112,3 +112,9 @@ def test_fractions_truncate_to_microseconds():
 def test_lines_are_trimmed_and_blank_ones_skipped():
     content = b"one\r\n\n  \n\x0ctwo\x0c\nthree"
     assert list(split_lines(content)) == [(1, b"one"), (4, b"two"), (5, b"three")]
+
+
+def test_an_unknown_field_of_any_size_costs_nothing():
+    """A 5,000-digit number in an unknown field is ignored, as serde_json ignores it."""
+    readings, letters = decode_message(message(SEED[:-1] + b', "pad": ' + b"7" * 5000 + b"}"), LATEST)
+    assert letters == [] and len(readings) == 1
