@@ -3,8 +3,9 @@ is not committed) writes the same objects, byte for byte, as a run without the f
 
 The failure is swept over the steps of a batch the driver takes after the rows are written:
 before the dead letters, before the state, and after the state (before Spark commits the
-batch); in the first and in a later batch. The job runs in this process so the failure can be
-injected; Spark then replays the batch from its offset log on the next start.
+batch); in the first batch, in its replay, in a later batch and in the flush batch, one
+failure per start of the job. The job runs in this process so the failure can be injected;
+Spark replays the unfinished batch from its offset log on the next start.
 """
 
 from __future__ import annotations
@@ -69,40 +70,43 @@ def clean(inputs, tmp_path_factory) -> dict[str, bytes]:
     return found
 
 
-@pytest.mark.parametrize("batch", [0, 1])
-@pytest.mark.parametrize(
-    "step",
-    ["before dead letters", "before state", "after state"],
-)
-def test_a_batch_failed_part_way_and_run_again_writes_the_same_objects(
-    inputs, clean, tmp_path, monkeypatch, batch, step
+# (batch, step) failures, one per start of the job, each in the batch the last start left
+# unfinished or a later one: the first batch, a replay of it, a later batch, the flush batch.
+FAILURES = [
+    (0, "before dead letters"),
+    (0, "after state"),
+    (1, "before state"),
+    (2, "after state"),
+]
+
+
+def test_batches_failed_part_way_and_run_again_write_the_same_objects(
+    inputs, clean, tmp_path, monkeypatch
 ):
     original_letters, original_state = sink.write_dead_letters, devices.save_state
-    calls = {"failed": False}
+    pending = list(FAILURES)
 
-    def fail_here(batch_id: int) -> None:
-        if batch_id == batch and not calls["failed"]:
-            calls["failed"] = True
+    def fail_at(step: str, batch_id: int) -> None:
+        if pending and pending[0] == (batch_id, step):
+            pending.pop(0)
             raise Injected(f"{step} of batch {batch_id}")
 
     def write_dead_letters(output, batch_id, letters):
-        if step == "before dead letters":
-            fail_here(batch_id)
+        fail_at("before dead letters", batch_id)
         return original_letters(output, batch_id, letters)
 
     def save_state(spark, state, front, root, batch_id):
-        if step == "before state":
-            fail_here(batch_id)
+        fail_at("before state", batch_id)
         original_state(spark, state, front, root, batch_id)
-        if step == "after state":
-            fail_here(batch_id)
+        fail_at("after state", batch_id)
 
     monkeypatch.setattr(sink, "write_dead_letters", write_dead_letters)
     monkeypatch.setattr(devices, "save_state", save_state)
     output = tmp_path / "out"
-    with pytest.raises(Exception, match="Injected|of batch"):
-        run(inputs, output)
-    assert calls["failed"]
-    # The failed attempt left part of the batch behind; the next start replays it.
+    for failure in FAILURES:
+        # Each start replays what the last one left unfinished, then fails as listed.
+        with pytest.raises(Exception, match="Injected|of batch"):
+            run(inputs, output)
+        assert failure not in pending
     run(inputs, output)
     assert objects(output) == clean
