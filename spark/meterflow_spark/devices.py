@@ -90,19 +90,20 @@ def step(readings: DataFrame, previous: DataFrame, watermark_us: int, partitions
         partitions, "device_id"
     )
 
-    device = Window.partitionBy("device_id")
-    base = F.col("origin_rank") == -1
-    everything = everything.withColumn(
-        "last_time", F.max(F.when(base, F.col("time_us"))).over(device)
-    ).withColumn("last_energy", F.max(F.when(base, F.col("energy"))).over(device))
+    # Every window below is over the device's readings in (time, input order), so Spark sorts
+    # the batch once (docs/spark.md, "Cost").
     same_time = Window.partitionBy("device_id", "time_us").orderBy(*ORDER)
-    first_energy = F.first("energy").over(same_time)
-    candidate = (F.col("origin_rank") >= 0) & (
-        F.col("last_time").isNull() | (F.col("time_us") > F.col("last_time"))
+    device = Window.partitionBy("device_id")
+    earlier = device.orderBy("time_us", *ORDER).rowsBetween(Window.unboundedPreceding, -1)
+    base = F.col("origin_rank") == -1
+    ranked = (
+        everything.withColumn("rank", F.row_number().over(same_time))
+        .withColumn("first_energy", F.first("energy").over(same_time))
+        .withColumn("last_time", F.max(F.when(base, F.col("time_us"))).over(device))
+        .withColumn("last_energy", F.max(F.when(base, F.col("energy"))).over(device))
     )
-    ranked = everything.withColumn(
-        "rank", F.when(candidate, F.row_number().over(same_time))
-    ).withColumn("first_energy", F.when(candidate, first_energy))
+    # Past `late` and the baseline's own time, no baseline shares the reading's time, so the
+    # (device, time) group holds offered readings only, in input order.
     at_last = F.col("time_us") == F.col("last_time")
     outcome = (
         F.when(base, "last")
@@ -113,20 +114,20 @@ def step(readings: DataFrame, previous: DataFrame, watermark_us: int, partitions
         .when(F.col("energy") == F.col("first_energy"), "duplicate")
         .otherwise("conflicting_duplicate")
     )
-    judged = ranked.withColumn("outcome", outcome).persist(StorageLevel.MEMORY_AND_DISK)
     accepted = F.col("outcome") == "accepted"
     ready = accepted & (F.col("time_us") <= watermark_us)
-
-    series = judged.filter(base | ready)
-    in_time = Window.partitionBy("device_id").orderBy("time_us")
-    previous_time = F.lag("time_us").over(in_time)
-    previous_energy = F.lag("energy").over(in_time)
-    emitted = (
-        series.withColumn("previous_time", previous_time)
-        .withColumn("previous_energy", previous_energy)
+    # The device's series: its baseline, then the readings emitted now, in time order (one
+    # accepted reading per time); each row's previous one is the last series row before it.
+    series = base | ready
+    in_series = lambda column: F.when(series, F.col(column))  # noqa: E731
+    judged = (
+        ranked.withColumn("outcome", outcome)
+        .withColumn("previous_time", F.last(in_series("time_us"), True).over(earlier))
+        .withColumn("previous_energy", F.last(in_series("energy"), True).over(earlier))
+        .withColumn("series_end", F.max(in_series("time_us")).over(device))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    rows = emitted.filter(~base).select(
+    rows = judged.filter(ready).select(
         "device_id",
         "device_name",
         "time_us",
@@ -167,17 +168,14 @@ def step(readings: DataFrame, previous: DataFrame, watermark_us: int, partitions
     )
     duplicates = judged.filter(F.col("outcome") == "duplicate")
 
-    newest = Window.partitionBy("device_id").orderBy(F.col("time_us").desc())
-    kept_last = (
-        emitted.withColumn("position", F.row_number().over(newest))
-        .filter(F.col("position") == 1)
-        .select(F.lit("last").alias("kind"), "device_id", "device_name", "time_us", "energy")
+    kept_last = judged.filter(series & (F.col("time_us") == F.col("series_end"))).select(
+        F.lit("last").alias("kind"), "device_id", "device_name", "time_us", "energy"
     )
     waiting = judged.filter(accepted & (F.col("time_us") > watermark_us)).select(
         F.lit("pending").alias("kind"), "device_id", "device_name", "time_us", "energy"
     )
     state = kept_last.unionByName(waiting)
-    return Step(rows, letters, duplicates, state, [judged, emitted])
+    return Step(rows, letters, duplicates, state, [judged])
 
 
 def state_directory(root: str, batch_id: int) -> str:

@@ -8,15 +8,14 @@ dead letter of §2, so the tiers never answer the same message and never disagre
 (tests/test_native.py generates the edge cases and requires both to agree where this one
 answers). A message is routed to Python when:
 
-- it is not valid UTF-8, or holds a `\\u` escape (lone surrogates, keys spelled with escapes),
-  a single quote (Spark's `allowSingleQuotes`) or `NaN`/`INF`/`Infinity` (Spark's
-  `allowNonNumericNumbers`);
+- it is not valid UTF-8, or holds a `\\u` escape (lone surrogates, keys spelled with escapes);
 - it does not start with `{"measurements":[` and end with `]}` with no other `[` or `]` in it
   (so nothing follows the object, which from_json would ignore);
-- `from_json` cannot parse it with the element schema (a number where a string belongs is
-  turned into text by Spark, so `device_name` and `time` must be followed by `:"` wherever
-  they occur), or an element lacks one of the four fields. Repeated keys agree: both tiers
-  keep the last;
+- `from_json` cannot parse it with the element schema, with Spark's single quotes and
+  `NaN`/`INF`/`Infinity` turned off (the contract refuses them as invalid JSON), or an element
+  lacks one of the four fields (a number where a string belongs is turned into text by Spark,
+  so `device_name` and `time` must be followed by `:"` wherever they occur). Repeated keys
+  agree: both tiers keep the last;
 - a reading breaks a rule: device id outside Int32, an unusual or invalid time, energy below
   zero or not finite, time after the latest accepted one.
 """
@@ -33,9 +32,11 @@ TIME_FORM = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
     r"(Z|z|[+-][0-9]{2}:?[0-9]{2})?\z"
 )  # `\z`: Java's `$` also matches before a final line break
-# Literal text only Python may judge: escapes of any code point (lone surrogates, keys spelled
-# with escapes), single quotes (Spark's `allowSingleQuotes`), Spark's non-numeric numbers.
-PYTHON_ONLY = ["\\u", "'", "NaN", "INF", "Infinity"]
+# Escapes of any code point (lone surrogates, keys spelled with escapes) are Python's to judge.
+ESCAPE = "\\u"
+# Jackson's leniencies Spark turns on, turned off: a message with a single-quoted key or value,
+# or NaN/INF/Infinity anywhere (in a field the schema skips too), is then not plain.
+JSON_OPTIONS = {"allowSingleQuotes": "false", "allowNonNumericNumbers": "false"}
 # A key that must hold a string, followed by something else: Spark would turn the number,
 # boolean or object into text where the contract refuses it.
 NOT_A_STRING = r'"(?:device_name|time)"(?!:")'
@@ -100,13 +101,14 @@ def plain(messages: DataFrame) -> DataFrame:
     `plain` (this tier reads it) and `elements`, its measurements as parsed by from_json."""
     text = F.col("text")
     plain_text = text.startswith(MESSAGE_START) & text.endswith(MESSAGE_END)
-    for literal in PYTHON_ONLY:
-        plain_text = plain_text & ~text.contains(literal)
+    plain_text = plain_text & ~text.contains(ESCAPE)
     # One `[` and one `]` (strings included): the array is the only one, and nothing can follow
     # the object, which from_json would ignore.
     plain_text = plain_text & (F.regexp_count(text, F.lit(r"[\[\]]")) == 2)
     plain_text = plain_text & ~text.rlike(NOT_A_STRING)
-    parsed = messages.withColumn("parsed", F.when(plain_text, F.from_json(text, MESSAGE_SCHEMA)))
+    parsed = messages.withColumn(
+        "parsed", F.when(plain_text, F.from_json(text, MESSAGE_SCHEMA, JSON_OPTIONS))
+    )
     elements = F.col("parsed.measurements")
     complete = F.forall(
         elements,

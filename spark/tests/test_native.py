@@ -53,7 +53,9 @@ NAMES = (
 )  # fmt: skip
 FIELDS = {"device_id": IDS, "device_name": NAMES, "cumulative_energy": ENERGIES}
 EXTRAS = ['"firmware":"4.2.1"', '"flags":3', '"ok":true', '"n":null', '"nested":{"a":1}',
-          '"list":[1,2]', '"DEVICE_ID":5', '"Device_Name":"x"', '"device_idx":1']  # fmt: skip
+          '"list":[1,2]', '"DEVICE_ID":5', '"Device_Name":"x"', '"device_idx":1',
+          '"gain":NaN', '"cap":-Infinity', '"peak":INF', "'firmware':\"1\"", '"tag":\'x\'',
+          '"note":"it\'s"']  # fmt: skip
 
 
 def element(rng: random.Random, plain: bool) -> str:
