@@ -469,12 +469,21 @@ def main(argv: list[str] | None = None) -> int:
     store, root = sink.filesystem(args.checkpoint.rstrip("/") + "/control")
     store.create_dir(root, recursive=True)
 
-    totals = Totals()
-    run_once(spark, args, control_dir, totals, available_now=args.stop_when_drained)
-    if args.stop_when_drained:
-        # End of a bounded input: the batch with a control row emits every waiting reading.
+    def flush() -> None:
+        """End of a bounded input: the batch with a control row emits every waiting reading."""
         with store.open_output_stream(f"{root}/flush-{int(time.time() * 1000)}") as stream:
             stream.write(b"flush")
+
+    totals = Totals()
+    # Without a per-trigger limit a bounded run is one micro-batch: the control row joins it,
+    # and that batch flushes (all its readings are offered before any is emitted, so the rows
+    # are those of a flush one batch later, without a second query).
+    one_batch = not (args.max_files_per_trigger or args.max_offsets_per_trigger)
+    if args.stop_when_drained and one_batch:
+        flush()
+    run_once(spark, args, control_dir, totals, available_now=args.stop_when_drained)
+    if args.stop_when_drained and not one_batch:
+        flush()
         run_once(spark, args, control_dir, totals, available_now=True)
     summary = totals.as_dict() | {"seconds": round(time.monotonic() - started, 3)}
     print(json.dumps(summary, sort_keys=True))
