@@ -199,7 +199,8 @@ def load_state(spark: SparkSession, root: str, batch_id: int) -> tuple[DataFrame
     earlier = [kept for kept in kept_batches(root) if kept < batch_id]
     if not earlier:
         return spark.createDataFrame([], STATE_SCHEMA), None
-    state = spark.read.schema(STATE_SCHEMA).parquet(spark_path(state_directory(root, earlier[-1])))
+    location = sink.spark_path(state_directory(root, earlier[-1]))
+    state = spark.read.schema(STATE_SCHEMA).parquet(location)
     front = state.filter(F.col("kind") == "front").first()
     return state, front["time_us"] if front else None
 
@@ -208,7 +209,7 @@ def save_state(spark: SparkSession, state: DataFrame, front: int | None, root: s
     """The state after `batch_id`, overwriting what an earlier attempt of the batch wrote."""
     marker = spark.createDataFrame([("front", None, None, front, None)], STATE_SCHEMA)
     state.unionByName(marker).write.mode("overwrite").parquet(
-        spark_path(state_directory(root, batch_id))
+        sink.spark_path(state_directory(root, batch_id))
     )
 
 
@@ -219,8 +220,3 @@ def prune_state(root: str, batch_id: int) -> None:
     store, _ = sink.filesystem(root)
     for old in earlier[:-1]:
         store.delete_dir(sink.filesystem(state_directory(root, old))[1])
-
-
-def spark_path(location: str) -> str:
-    """Spark reads object storage through S3A: `s3://` becomes `s3a://`."""
-    return "s3a://" + location[len("s3://") :] if location.startswith("s3://") else location

@@ -385,11 +385,6 @@ def s3a_settings(environ) -> dict[str, str]:
     return settings
 
 
-def spark_path(location: str) -> str:
-    """Spark reads object storage through S3A: `s3://` becomes `s3a://`."""
-    return "s3a://" + location[len("s3://") :] if location.startswith("s3://") else location
-
-
 def build_query(spark, args, control_dir: str, totals: Totals):
     from pyspark.sql import functions as F
 
@@ -441,7 +436,7 @@ def build_query(spark, args, control_dir: str, totals: Totals):
     writer = raw.unionByName(control).writeStream.foreachBatch(
         batch_processor(spark, args, totals)
     )
-    return writer.option("checkpointLocation", spark_path(args.checkpoint))
+    return writer.option("checkpointLocation", sink.spark_path(args.checkpoint))
 
 
 def run_once(spark, args, control_dir: str, totals: Totals, available_now: bool) -> None:
@@ -464,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.latest_us = int(now.timestamp()) * 1_000_000 + now.microsecond + args.max_future
     args.checkpoint = args.checkpoint or args.output.rstrip("/") + "/_spark_checkpoint"
-    control_dir = spark_path(args.checkpoint.rstrip("/") + "/control")
+    control_dir = sink.spark_path(args.checkpoint.rstrip("/") + "/control")
     spark = session(args)
     store, root = sink.filesystem(args.checkpoint.rstrip("/") + "/control")
     store.create_dir(root, recursive=True)

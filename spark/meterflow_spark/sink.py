@@ -51,6 +51,11 @@ def filesystem(output: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(output)
 
 
+def spark_path(location: str) -> str:
+    """Spark reads object storage through S3A: `s3://` becomes `s3a://`."""
+    return "s3a://" + location[len("s3://") :] if location.startswith("s3://") else location
+
+
 def write_row_files(output: str, batch_id: int, writer: int, table: pa.Table) -> list[tuple]:
     """Writes one writer's rows (columns date, device_id, device_name, time_us, duration,
     delta_energy, counter_reset; sorted by date, device_id, time_us) as one file per date;
