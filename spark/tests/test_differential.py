@@ -180,6 +180,22 @@ def test_same_rows_dead_letters_and_counters_as_meterflow(tmp_path):
     )
 
 
+def test_a_bounded_run_in_one_batch_flushes_in_it(tmp_path):
+    """Without a per-trigger limit the run is one micro-batch, which holds the flush too: the
+    same rows and dead letters as meterflow, and no second batch."""
+    generated = tmp_path / "fleet.jsonl"
+    meterflow("generate", *FLEET, "--seed", "12", "--output", str(generated))
+    lines = generated.read_text().splitlines()
+    inputs = write_files(tmp_path / "in", [lines[: len(lines) // 2], lines[len(lines) // 2 :]])
+    expected = tmp_path / "meterflow"
+    printed = transform(inputs, expected)
+    got = tmp_path / "spark"
+    summary = spark_job(tmp_path / "in", got)
+
+    assert summary["batches"] == 1
+    assert_same_as_meterflow(expected, printed, got, summary)
+
+
 def element(device: int, minute: int, energy: float) -> dict:
     hours, minutes = divmod(minute, 60)
     return {
