@@ -11,11 +11,11 @@ answers). A message is routed to Python when:
 - it is not valid UTF-8, or holds a `\\u` escape (lone surrogates, keys spelled with escapes);
 - it does not start with `{"measurements":[` and end with `]}` with no other `[` or `]` in it
   (so nothing follows the object, which from_json would ignore);
+- `device_name` or `time` is not followed by `:"` wherever it occurs (Spark turns a number,
+  boolean or object where a string belongs into text);
 - `from_json` cannot parse it with the element schema, with Spark's single quotes and
   `NaN`/`INF`/`Infinity` turned off (the contract refuses them as invalid JSON), or an element
-  lacks one of the four fields (a number where a string belongs is turned into text by Spark,
-  so `device_name` and `time` must be followed by `:"` wherever they occur). Repeated keys
-  agree: both tiers keep the last;
+  lacks one of the four fields. Repeated keys agree: both tiers keep the last;
 - a reading breaks a rule: device id outside Int32, an unusual or invalid time, energy below
   zero or not finite, time after the latest accepted one.
 """
